@@ -19,8 +19,8 @@ the tokens in flight (rollout.py owns page allocation). Attention runs through f
 otherwise; both branches have the same semantics and are compared by a GPU test.
 
 `forward(..., targets=...)` returns per-token log p(target) and entropy of softmax(logits / T), computed
-in chunks of rows under activation checkpointing, so the [N, V] fp32 logits never exist at once (peak
-extra memory O(chunk x V)). It lives inside forward so FSDP2 sees the lm_head used in its root module.
+in chunks of rows with a hand-written backward (ChunkedLogprobEntropy), so the [N, V] fp32 logits never
+exist at once (peak extra memory O(chunk x V)). It lives inside forward so FSDP2 sees the lm_head used in its root module.
 
 Run alone:
     python model.py --check PATH|default   # logits vs transformers on random ids; exit 1 above tolerance
@@ -303,8 +303,10 @@ class Transformer(nn.Module):
                 logits_index=None, chunk_size: int = 1024):
         """input_ids, positions: (N,) flat tokens laid out as `meta` says.
 
-        targets given -> (log p(target), entropy) per token, each (N,), of softmax(logits / temperature);
-        else -> logits (N, V), or (len(logits_index), V) for just those rows (e.g. each sequence's last).
+        logits_index (optional) selects the rows that reach the head (e.g. each sequence's last token, or
+        a training batch's response tokens), so no lm_head work is spent on the others.
+        targets given -> (log p(target), entropy) per selected row, of softmax(logits / temperature);
+        else -> logits (rows, V).
         """
         x = self.embed_tokens(input_ids)  # (N, C)
         angles = positions.float()[:, None] * self.inv_freq[None, :]  # (N, D/2), fp32
@@ -315,9 +317,9 @@ class Transformer(nn.Module):
                 x = checkpoint(block, x, cos, sin, meta, use_reentrant=False)
             else:
                 x = block(x, cos, sin, meta)
-        x = self.norm(x)  # (N, C)
+        x = self.norm(x if logits_index is None else x[logits_index])  # (N or len(logits_index), C)
         if targets is None:
-            return self.lm_head(x if logits_index is None else x[logits_index])
+            return self.lm_head(x)
         return chunked_logprobs_entropy(x, self.lm_head.weight, targets, temperature, chunk_size)
 
     def forward_padded(self, input_ids, lengths, **kw):
@@ -333,30 +335,54 @@ class Transformer(nn.Module):
         return unpack(out) if targets is None else tuple(unpack(o) for o in out)
 
 
-def _logprob_entropy_chunk(hidden, weight, targets, temperature: float):
-    logits = (hidden @ weight.T).float() / temperature  # (n, V) fp32, only this chunk
-    logp = torch.log_softmax(logits, dim=-1)
-    target_logp = logp.gather(-1, targets[:, None])[:, 0]  # (n,)
-    entropy = -(logp.exp() * logp).sum(-1)  # (n,)
-    return target_logp, entropy
+class ChunkedLogprobEntropy(torch.autograd.Function):
+    """z = h W^T / T;  logp_t = log_softmax(z)[target_t];  H_t = -sum_v p_v log p_v.
+
+    Forward and backward walk the rows chunk by chunk and keep no logits between them, so the extra
+    memory is O(chunk x V) for any N. Backward recomputes each chunk's softmax and applies
+        d logp_t / dz = onehot(target_t) - p,        dH_t / dz = -p * (log p + H_t),
+    then dh = dz W / T and dW += dz^T h / T, accumulated in fp32 into one buffer (no per-chunk [V, C] adds).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature: float, chunk_size: int):
+        logps, entropies = [], []
+        for start in range(0, hidden.shape[0], chunk_size):
+            logp_all = torch.log_softmax((hidden[start:start + chunk_size] @ weight.T).float() / temperature, dim=-1)  # (n, V)
+            logps.append(logp_all.gather(-1, targets[start:start + chunk_size, None])[:, 0])  # (n,)
+            entropies.append(-(logp_all.exp() * logp_all).sum(-1))  # (n,)
+        ctx.save_for_backward(hidden, weight, targets)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        return torch.cat(logps), torch.cat(entropies)
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy):
+        hidden, weight, targets = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = None
+        for start in range(0, hidden.shape[0], ctx.chunk_size):
+            end = min(start + ctx.chunk_size, hidden.shape[0])
+            h = hidden[start:end]  # (n, C)
+            logp_all = torch.log_softmax((h @ weight.T).float() / ctx.temperature, dim=-1)  # (n, V)
+            p = logp_all.exp()
+            grad_z = -p * grad_logp[start:end, None]  # (n, V)
+            grad_z[torch.arange(end - start, device=h.device), targets[start:end]] += grad_logp[start:end]
+            if grad_entropy is not None:
+                entropy = -(p * logp_all).sum(-1, keepdim=True)  # (n, 1)
+                grad_z -= p * (logp_all + entropy) * grad_entropy[start:end, None]
+            grad_z = (grad_z / ctx.temperature).to(hidden.dtype)  # d/dlogits
+            if grad_hidden is not None:
+                grad_hidden[start:end] = grad_z @ weight
+            if ctx.needs_input_grad[1] and grad_weight is None:
+                grad_weight = grad_z.T.float() @ h.float()  # (V, C) fp32 accumulator, no zero-fill pass
+            elif ctx.needs_input_grad[1]:
+                grad_weight.addmm_(grad_z.T.float(), h.float())
+        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None
 
 
 def chunked_logprobs_entropy(hidden, weight, targets, temperature: float = 1.0, chunk_size: int = 1024):
-    """log softmax(h W^T / T)[target] and H = -sum_v p_v log p_v per row, chunk rows at a time.
-
-    Each chunk is checkpointed: backward recomputes its logits instead of keeping all N x V of them,
-    so peak extra memory is O(chunk_size x V) however many tokens there are.
-    """
-    logps, entropies = [], []
-    for start in range(0, hidden.shape[0], chunk_size):
-        args = (hidden[start:start + chunk_size], weight, targets[start:start + chunk_size], temperature)
-        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-            lp, ent = checkpoint(_logprob_entropy_chunk, *args, use_reentrant=False)
-        else:
-            lp, ent = _logprob_entropy_chunk(*args)
-        logps.append(lp)
-        entropies.append(ent)
-    return torch.cat(logps), torch.cat(entropies)
+    """(log p(target), entropy) per row of softmax(hidden @ weight^T / temperature), in O(chunk x V) memory."""
+    return ChunkedLogprobEntropy.apply(hidden, weight, targets, temperature, chunk_size)
 
 
 # ----------------------------------------------------------------------------- loading and saving
@@ -498,13 +524,14 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", metavar="PATH", help="HF folder, or 'default' for the embedded SmolLM2")
     parser.add_argument("--tol", type=float, default=1e-3, help="--check fails above this max abs difference")
-    parser.add_argument("--bench", action="store_true", help="speed and memory benchmark (see bench_model.py)")
+    parser.add_argument("--bench", action="store_true", help="speed and memory benchmark (benchmarks/model_bench.py)")
     args = parser.parse_args()
     try:
         if args.check:
             sys.exit(0 if check(args.check, args.tol) <= args.tol else 1)
         if args.bench:
-            from bench_model import run_bench
+            sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmarks"))
+            from model_bench import run_bench
             run_bench()
             return
         parser.print_help()
