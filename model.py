@@ -206,12 +206,23 @@ def _write_slots(k_pool, v_pool, k, v, slots):
 
 
 def _sdpa_packed(q, k, v, cu_seqlens):
-    """Per-sequence SDPA: query and key lengths are equal, so is_causal's top-left mask is the right one."""
-    out = torch.empty_like(q)
+    """SDPA over packed sequences, one batched call per distinct length (query length = key length, so
+    is_causal's top-left mask is the right one). RL batches repeat lengths often (same prompt, capped
+    responses), and an all-equal batch is a single call on a view, as fast as a padded batch."""
     bounds = cu_seqlens.tolist()
+    starts_by_length = {}
     for start, end in zip(bounds[:-1], bounds[1:]):
-        qs, ks, vs = (t[start:end].transpose(0, 1)[None] for t in (q, k, v))  # (1, H, T, D)
-        out[start:end] = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)[0].transpose(0, 1)
+        starts_by_length.setdefault(end - start, []).append(start)
+    if len(starts_by_length) == 1:  # every sequence has the same length: no gather at all
+        (length, starts), = starts_by_length.items()
+        qs, ks, vs = (t.view(len(starts), length, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)
+        return out.transpose(1, 2).reshape(q.shape)
+    out = torch.empty_like(q)
+    for length, starts in starts_by_length.items():
+        rows = (torch.tensor(starts, device=q.device)[:, None] + torch.arange(length, device=q.device)).reshape(-1)
+        qs, ks, vs = (t[rows].view(len(starts), length, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))  # (b, H, T, D)
+        out[rows] = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True).transpose(1, 2).reshape(-1, *q.shape[1:])
     return out
 
 
@@ -300,7 +311,7 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
 
     def forward(self, input_ids, positions, meta: AttnMeta, *, targets=None, temperature: float = 1.0,
-                logits_index=None, chunk_size: int = 1024):
+                logits_index=None, chunk_size: int = 512):
         """input_ids, positions: (N,) flat tokens laid out as `meta` says.
 
         logits_index (optional) selects the rows that reach the head (e.g. each sequence's last token, or
@@ -365,12 +376,12 @@ class ChunkedLogprobEntropy(torch.autograd.Function):
             h = hidden[start:end]  # (n, C)
             logp_all = torch.log_softmax((h @ weight.T).float() / ctx.temperature, dim=-1)  # (n, V)
             p = logp_all.exp()
-            grad_z = -p * grad_logp[start:end, None]  # (n, V)
-            grad_z[torch.arange(end - start, device=h.device), targets[start:end]] += grad_logp[start:end]
-            if grad_entropy is not None:
+            grad_z = p * (-grad_logp[start:end, None] / ctx.temperature)  # (n, V), already d/dlogits
+            grad_z[torch.arange(end - start, device=h.device), targets[start:end]] += grad_logp[start:end] / ctx.temperature
+            if grad_entropy is not None:  # in place on logp_all: (n, V) temporaries are what this class avoids
                 entropy = -(p * logp_all).sum(-1, keepdim=True)  # (n, 1)
-                grad_z -= p * (logp_all + entropy) * grad_entropy[start:end, None]
-            grad_z = (grad_z / ctx.temperature).to(hidden.dtype)  # d/dlogits
+                grad_z -= logp_all.add_(entropy).mul_(p).mul_(grad_entropy[start:end, None] / ctx.temperature)
+            grad_z = grad_z.to(hidden.dtype)
             if grad_hidden is not None:
                 grad_hidden[start:end] = grad_z @ weight
             if ctx.needs_input_grad[1] and grad_weight is None:
@@ -380,7 +391,7 @@ class ChunkedLogprobEntropy(torch.autograd.Function):
         return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None
 
 
-def chunked_logprobs_entropy(hidden, weight, targets, temperature: float = 1.0, chunk_size: int = 1024):
+def chunked_logprobs_entropy(hidden, weight, targets, temperature: float = 1.0, chunk_size: int = 512):
     """(log p(target), entropy) per row of softmax(hidden @ weight^T / temperature), in O(chunk x V) memory."""
     return ChunkedLogprobEntropy.apply(hidden, weight, targets, temperature, chunk_size)
 
