@@ -9,13 +9,14 @@ import argparse
 import dataclasses
 import inspect
 import re
+import types
 import typing
 
 
 def _field_type(tp):
     """Return (parser, is_bool) for a dataclass field annotation."""
     origin = typing.get_origin(tp)
-    if origin is typing.Union:  # Optional[X]
+    if origin is typing.Union or origin is types.UnionType:  # Optional[X] or X | None
         inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
         parse, is_bool = _field_type(inner)
         return (lambda s: None if s.lower() == "none" else parse(s)), is_bool
