@@ -10,7 +10,8 @@ row; a row's token at position p lives in page block_table[row, p // page_size],
 On CUDA with flash-attn installed the kernels are flash_attn_varlen_func / flash_attn_with_kvcache (page
 size must then be a multiple of 256); everywhere else SDPA with the same semantics: the packed path runs
 one batched call per distinct sequence length, the decode path gathers each row's pages. A GPU test in
-tests/test_model.py compares the two.
+tests/test_model.py compares the two. `seq_masks` (training with a prompt shared by its G responses, see
+train.py) replaces the causal mask of each packed sequence and always runs through SDPA.
 """
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ class AttnMeta:
     slot_mapping: torch.Tensor | None = None  # (N, R) packed prefill: flat cache slots for R replicas of each token
     block_table: torch.Tensor | None = None  # (B, P) int32 decode: page ids of each row
     cache_seqlens: torch.Tensor | None = None  # (B,) int32 decode: tokens already cached for each row
+    seq_masks: list | None = None  # packed: per sequence an (L, L) bool mask (True = may attend) or None = causal
 
     @staticmethod
     def packed(lengths: list[int], device, **kw) -> "AttnMeta":
@@ -77,6 +79,8 @@ def attention(q, k, v, meta: AttnMeta, layer: int):
         return _sdpa_decode(q, k, v, k_pool, v_pool, meta)
     if meta.cache is not None:  # packed prefill that also fills the cache
         _write_slots(meta.cache.k[layer], meta.cache.v[layer], k, v, meta.slot_mapping)
+    if meta.seq_masks is not None:  # shared-prefix groups: arbitrary masks, which flash-attn cannot take
+        return _sdpa_masked(q, k, v, meta.cu_seqlens, meta.seq_masks)
     if use_flash:
         cu = meta.cu_seqlens
         return flash_attn_varlen_func(q, k, v, cu, cu, meta.max_seqlen, meta.max_seqlen, causal=True)
@@ -109,6 +113,18 @@ def _sdpa_packed(q, k, v, cu_seqlens):
         rows = (torch.tensor(starts, device=q.device)[:, None] + torch.arange(length, device=q.device)).reshape(-1)
         qs, ks, vs = (t[rows].view(len(starts), length, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))  # (b, H, T, D)
         out[rows] = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True).transpose(1, 2).reshape(-1, *q.shape[1:])
+    return out
+
+
+def _sdpa_masked(q, k, v, cu_seqlens, masks):
+    """Per-sequence SDPA with an explicit (L, L) mask; None means plain causal."""
+    out = torch.empty_like(q)
+    bounds = cu_seqlens.tolist()
+    for start, end, mask in zip(bounds[:-1], bounds[1:], masks):
+        qs, ks, vs = (t[start:end].transpose(0, 1)[None] for t in (q, k, v))  # (1, H, L, D)
+        attn = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=None if mask is None else mask[None, None],
+                                              is_causal=mask is None, enable_gqa=True)
+        out[start:end] = attn[0].transpose(0, 1)
     return out
 
 

@@ -2,8 +2,8 @@
 
 Every file that runs alone builds its argparse from its dataclasses, so `--help` lists every knob with
 its one-line comment from the dataclass source and its default, and the resolved config is one `asdict` away from being printed or
-saved. Field types drive parsing: bool fields take `--flag/--no-flag`, Optional[...] fields take the
-inner type or the word `none`.
+saved. Field types drive parsing: bool fields take `--flag/--no-flag`, Optional numeric fields take a number
+or the word `none`; Optional[str] fields take any string (so `--curriculum none` means the string).
 """
 import argparse
 import dataclasses
@@ -19,6 +19,8 @@ def _field_type(tp):
     if origin is typing.Union or origin is types.UnionType:  # Optional[X] or X | None
         inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
         parse, is_bool = _field_type(inner)
+        if inner is str:  # 'none' can be a real value (e.g. --curriculum none): strings stay strings
+            return parse, is_bool
         return (lambda s: None if s.lower() == "none" else parse(s)), is_bool
     if tp is bool:
         return None, True

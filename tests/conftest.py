@@ -50,3 +50,15 @@ def default_model_path():
 def default_model(default_model_path):
     import model
     return model.load_model(default_model_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(tmp_path_factory, default_model_path):
+    """A tiny random llama with the embedded model's tokenizer (vocab 49152): real text pipeline, fast steps."""
+    import shutil
+    folder = tmp_path_factory.mktemp("tiny-chat")
+    make_tiny_checkpoint(folder, "llama", tie=True, vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    for name in os.listdir(default_model_path):
+        if name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(os.path.join(default_model_path, name), folder)
+    return str(folder)

@@ -23,6 +23,7 @@ def parse(*argv):
 def test_types_optional_and_bools():
     cfg, _ = parse("--lr", "0.5", "--name", "x", "--steps", "none", "--flag")
     assert cfg == Example(lr=0.5, name="x", steps=None, flag=True)
+    assert parse("--name", "none")[0].name == "none"  # a string option keeps the word (e.g. --curriculum none)
     assert parse()[0] == Example()
     assert parse("--no-flag", "--steps", "7")[0] == Example(steps=7, flag=False)
 

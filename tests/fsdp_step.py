@@ -1,0 +1,56 @@
+"""One PPO update on a fixed batch, single process or under torchrun (FSDP2, gloo): used by test_train.py.
+
+    python tests/fsdp_step.py MODEL_DIR OUT.pt
+    torchrun --nproc_per_node 2 tests/fsdp_step.py MODEL_DIR OUT.pt
+Each rank takes a contiguous share of the groups; rank 0 writes the step loss and the updated weights.
+"""
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import model as M  # noqa: E402
+import train  # noqa: E402
+from loss import LossConfig  # noqa: E402
+
+
+def fixed_batch(vocab: int, groups: int = 4, group_size: int = 4) -> train.Batch:
+    g = torch.Generator().manual_seed(0)
+    seqs, old = [], []
+    for _ in range(groups):
+        prompt = torch.randint(3, vocab, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(group_size):
+            n = int(torch.randint(1, 7, (1,), generator=g))
+            seqs.append((prompt, torch.randint(3, vocab, (n,), generator=g).tolist()))
+            old.append(-torch.rand(n, generator=g) * 3 - 2)  # plausible logprobs; ratios away from 1 exercise clipping
+    rewards = torch.randint(0, 2, (len(seqs),), generator=g).float()
+    planning = torch.rand(len(seqs), 6, generator=g) < 0.3
+    from loss import group_advantages
+    return train.Batch(seqs, old, group_advantages(rewards, group_size), planning)
+
+
+def main(model_dir: str, out_path: str):
+    rank, world, device, is_dist = train.dist_init()
+    torch.manual_seed(0)
+    policy, _ = M.load_model(model_dir, tokenizer=False)
+    hf_config = policy.hf_config
+    if is_dist:
+        policy = train.shard_policy(policy, device, activation_checkpointing=False)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+    full = fixed_batch(policy.cfg.vocab_size if not is_dist else hf_config["vocab_size"])
+    rows_per_rank = len(full.seqs) // world
+    mine = slice(rank * rows_per_rank, (rank + 1) * rows_per_rank)
+    batch = train.Batch(full.seqs[mine], full.old_logprobs[mine], full.seq_advantages[mine], full.planning[mine])
+    cfg = train.resolve(train.TrainConfig(preset="cpu", algo="hicra", micro_batch_tokens=24))
+    loss_cfg = LossConfig(eps_low=0.2, eps_high=0.28, agg="token-mean")
+    out = train.ppo_update(policy, optimizer, batch, cfg, loss_cfg, 1, 1e-2, world, is_dist, device)
+    loss = train.all_sum([float(out["loss"])], is_dist)[0]
+    state = {k: v.clone() for k, v in train.full_state_dict(policy, is_dist).items()}
+    if rank == 0:
+        torch.save({"loss": loss, "state": state}, out_path)
+    train.dist_cleanup(is_dist)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
