@@ -1,4 +1,9 @@
-"""Training-dynamics figure from a run's metrics.jsonl (matplotlib, optional dependency).
+"""What a run records about itself: metrics rows, sample rollouts, and the training-dynamics figure.
+
+train.py combines each step's micro-batch statistics here (update_metrics: token-weighted means, exact
+planning/execution statistics over the step's tokens, relative perplexity), appends them to metrics.jsonl
+(open_metrics drops rows past the checkpoint a resumed run restarts from), and writes sample rollouts with
+their planning spans to rollouts.jsonl. The figure (matplotlib, optional dependency):
 
 Panels, one per question the HICRA/HGRPO papers ask of a run: is it learning (reward, accuracy, boxed
 rate), how long are the answers, is the strategic vocabulary diversifying (semantic entropy, planning
@@ -13,6 +18,10 @@ import math
 import os
 import sys
 
+import torch
+
+from strategic_grams import hierarchy_token_stats, planning_token_ratio
+
 PANELS = [  # (title, [(metric, label)])
     ("accuracy / reward", [("pass_rate", "accuracy (all sampled)"), ("reward", "reward (trained groups)"),
                            ("boxed_rate", "boxed rate (trained groups)"), ("val_pass@1", "validation pass@1")]),
@@ -24,6 +33,59 @@ PANELS = [  # (title, [(metric, label)])
     ("clip fraction", [("clip_frac_low", "low"), ("clip_frac_high", "high")]),
     ("curriculum level", [("level", "level")]),
 ]
+
+
+def open_metrics(out_dir, start_step):
+    """metrics.jsonl for appending, without rows past the checkpoint we resumed from (they get redone)."""
+    path = os.path.join(out_dir, "metrics.jsonl")
+    if os.path.exists(path):
+        rows = [line for line in open(path) if line.strip() and json.loads(line)["step"] <= start_step]
+        open(path, "w").writelines(rows)
+    return open(path, "a")
+
+
+def update_metrics(loss_stats, token_stats, initial_ppl) -> dict:
+    """Combine the first PPO epoch's micro-batch metrics: token-weighted means, min/max for the ratio."""
+    row = {}
+    if not loss_stats:
+        return row
+    weights = torch.tensor([float(s["tokens"]) for s in loss_stats])
+    for key in loss_stats[0]:
+        if key == "tokens":
+            continue
+        values = torch.stack([s[key].float() for s in loss_stats])
+        if key == "ratio_min":
+            row[key] = values.min().item()
+        elif key == "ratio_max":
+            row[key] = values.max().item()
+        else:
+            finite = torch.isfinite(values)  # e.g. no planning tokens in a micro-batch
+            row[key] = ((values * weights)[finite].sum() / weights[finite].sum()).item() if finite.any() else float("nan")
+    entropy, logprobs, planning, gap, advantages = (torch.cat(parts) for parts in zip(*token_stats))  # flat valid tokens
+    for name, subset in (("adv_planning_mean", planning), ("adv_execution_mean", ~planning)):  # exact, not token-weighted
+        row[name] = advantages[subset].mean().item() if subset.any() else float("nan")
+    ones = torch.ones_like(planning)[None]
+    stats = hierarchy_token_stats(entropy[None], logprobs[None], planning[None], ones)
+    row.update({k: v.item() for k, v in stats.items()})
+    row["planning_token_ratio"] = planning_token_ratio(planning[None], ones).item()
+    row["logprob_gap"] = gap.abs().mean().item()  # |trainer - sampler| logprob at the first epoch
+    for kind in ("planning", "execution"):  # relative perplexity = ppl / its first logged value
+        ppl = row.get(f"{kind}_ppl", float("nan"))
+        if math.isfinite(ppl):
+            initial_ppl.setdefault(kind, ppl)
+            row[f"{kind}_rel_ppl"] = ppl / initial_ppl[kind]
+    return row
+
+
+def write_rollouts(out_dir, step, groups, masker, tokenizer):
+    """Sample rollouts (one group) with planning spans, for reading and as SG-construction input."""
+    with open(os.path.join(out_dir, "rollouts.jsonl"), "a") as f:
+        for g in groups[:1]:
+            prompt = tokenizer.decode(g["prompt"])
+            for text, result in zip(g["texts"], g["results"]):
+                f.write(json.dumps(dict(step=step, id=g["problem"].id, prompt=prompt, response=text, gold=g["problem"].answer,
+                                        answer=result.answer, reward=result.score, correct=result.correct,
+                                        planning_spans=[[a, b] for a, b, _ in masker.spans(text)])) + "\n")
 
 
 def read_metrics(run_dir: str) -> list[dict]:

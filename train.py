@@ -24,7 +24,6 @@ built-in arithmetic levels so that the demo learns in minutes; the GPU preset ke
 import argparse
 import dataclasses
 import json
-import math
 import os
 import random
 import sys
@@ -33,19 +32,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 import checkpoint as ckpt
+from distributed import all_sum, dist_cleanup, dist_init, full_state_dict, max_over_ranks, shard_policy
 import model as M
 import eval as evaluation
 from cli import add_dataclass_args, dataclass_from_args
 from curriculum import Curriculum, PromptConfig, build_prompt, collect_groups, load_problems, make_schedule, stop_strings
-from plot import plot_run
+from plot import open_metrics, plot_run, update_metrics, write_rollouts
 from loss import LossConfig, amplify_mask, group_advantages, hicra_advantages, policy_loss, token_advantages
 from reward import RewardConfig, score_batch
 from rollout import EngineConfig, SamplingParams, generate
-from strategic_grams import PlanningMasker, hierarchy_token_stats, load_grams, planning_token_ratio, semantic_entropy
+from strategic_grams import PlanningMasker, load_grams, semantic_entropy
 
 ALGORITHMS = {
     "grpo": dict(agg="seq-mean-token-mean", eps_low=0.2, eps_high=0.2, dynamic_sampling=False, overlong_buffer=0, hicra_alpha=0.0),
@@ -125,55 +124,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         cfg.overlong_buffer = cfg.max_new_tokens // 4
     cfg.out_dir = cfg.out_dir or os.path.join("runs", f"{cfg.algo}-{time.strftime('%Y%m%d-%H%M%S')}")
     return cfg
-
-
-# ----------------------------------------------------------------------------- distributed, in one place
-
-def dist_init():
-    """-> (rank, world, device, is_dist). Reads torchrun's environment; single process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu"), False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
-    rank = dist.get_rank()
-    device = torch.device("cpu")
-    if backend == "nccl":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    return rank, world, device, True
-
-
-def dist_cleanup(is_dist):
-    if is_dist:
-        dist.destroy_process_group()
-
-
-def all_sum(values: list[float], is_dist) -> list[float]:
-    if not is_dist:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def shard_policy(policy, device, activation_checkpointing):
-    """FSDP2: one unit per decoder block plus the root; bf16 compute with fp32 reductions on CUDA."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" else MixedPrecisionPolicy()
-    for block in policy.layers:
-        fully_shard(block, mp_policy=mp)
-    fully_shard(policy, mp_policy=mp)
-    policy.activation_checkpointing = activation_checkpointing
-    return policy
-
-
-def full_state_dict(policy, is_dist):
-    """All parameters as plain full tensors (a collective under FSDP: every rank calls it)."""
-    if not is_dist:
-        return policy.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    return get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
 
 
 # ----------------------------------------------------------------------------- the update
@@ -291,7 +241,8 @@ def ppo_update(policy, optimizer, batch: Batch, cfg, loss_cfg, ppo_epochs, lr, w
                 out["loss"] = out["loss"] + loss.detach()
                 out["loss_stats"].append(stats)
                 valid = mask.bool()
-                out["token_stats"].append((ent.detach()[valid], logp.detach()[valid], plan[valid], (logp.detach() - old)[valid]))
+                out["token_stats"].append((ent.detach()[valid], logp.detach()[valid], plan[valid], (logp.detach() - old)[valid],
+                                           adv.detach()[valid]))
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         out["grad_norm"] = float(grad_norm)
@@ -468,7 +419,7 @@ def train(cfg, rank, world, device, is_dist, is_master):
                        train_tok_s=ppo_epochs * sum(len(p) + len(r) for p, r in batch.seqs) / update_s,
                        rollout_s=rollout_s, update_s=update_s)
             row.update(update_metrics(update["loss_stats"], update["token_stats"], initial_ppl))
-            row["semantic_entropy"] = semantic_entropy(masker.matched_grams(texts))
+            row["semantic_entropy"] = semantic_entropy(masker.matched_grams(texts)) + 0.0  # no "-0"
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
             bar.set_postfix(reward=f"{row['reward']:.2f}", pass_rate=f"{pass_rate:.2f}", level=level_index)
@@ -503,63 +454,6 @@ def train(cfg, rank, world, device, is_dist, is_master):
         print(f"\nrun folder: {cfg.out_dir}\n  metrics:    {os.path.join(cfg.out_dir, 'metrics.jsonl')}"
               f"\n  rollouts:   {os.path.join(cfg.out_dir, 'rollouts.jsonl')}\n  figure:     {figure}"
               f"\n  checkpoint: {ckpt.latest(cfg.out_dir)}")
-
-
-def open_metrics(out_dir, start_step):
-    """metrics.jsonl for appending, without rows past the checkpoint we resumed from (they get redone)."""
-    path = os.path.join(out_dir, "metrics.jsonl")
-    if os.path.exists(path):
-        rows = [line for line in open(path) if line.strip() and json.loads(line)["step"] <= start_step]
-        open(path, "w").writelines(rows)
-    return open(path, "a")
-
-
-def update_metrics(loss_stats, token_stats, initial_ppl) -> dict:
-    """Combine the first PPO epoch's micro-batch metrics: token-weighted means, min/max for the ratio."""
-    row = {}
-    if not loss_stats:
-        return row
-    weights = torch.tensor([float(s["tokens"]) for s in loss_stats])
-    for key in loss_stats[0]:
-        if key == "tokens":
-            continue
-        values = torch.stack([s[key].float() for s in loss_stats])
-        if key == "ratio_min":
-            row[key] = values.min().item()
-        elif key == "ratio_max":
-            row[key] = values.max().item()
-        else:
-            finite = torch.isfinite(values)  # e.g. no planning tokens in a micro-batch
-            row[key] = ((values * weights)[finite].sum() / weights[finite].sum()).item() if finite.any() else float("nan")
-    entropy, logprobs, planning, gap = (torch.cat(parts) for parts in zip(*token_stats))  # flat valid tokens
-    ones = torch.ones_like(planning)[None]
-    stats = hierarchy_token_stats(entropy[None], logprobs[None], planning[None], ones)
-    row.update({k: v.item() for k, v in stats.items()})
-    row["planning_token_ratio"] = planning_token_ratio(planning[None], ones).item()
-    row["logprob_gap"] = gap.abs().mean().item()  # |trainer - sampler| logprob at the first epoch
-    for kind in ("planning", "execution"):  # relative perplexity = ppl / its first logged value
-        ppl = row.get(f"{kind}_ppl", float("nan"))
-        if math.isfinite(ppl):
-            initial_ppl.setdefault(kind, ppl)
-            row[f"{kind}_rel_ppl"] = ppl / initial_ppl[kind]
-    return row
-
-
-def write_rollouts(out_dir, step, groups, masker, tokenizer):
-    """Sample rollouts (one group) with planning spans, for reading and as SG-construction input."""
-    with open(os.path.join(out_dir, "rollouts.jsonl"), "a") as f:
-        for g in groups[:1]:
-            prompt = tokenizer.decode(g["prompt"])
-            for text, result in zip(g["texts"], g["results"]):
-                f.write(json.dumps(dict(step=step, id=g["problem"].id, prompt=prompt, response=text, gold=g["problem"].answer,
-                                        answer=result.answer, reward=result.score, correct=result.correct,
-                                        planning_spans=[[a, b] for a, b, _ in masker.spans(text)])) + "\n")
-
-
-def max_over_ranks(value: int) -> int:
-    t = torch.tensor([value], dtype=torch.long)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t[0])
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model as M  # noqa: E402
+import distributed  # noqa: E402
 import train  # noqa: E402
 from loss import LossConfig  # noqa: E402
 
@@ -31,12 +32,12 @@ def fixed_batch(vocab: int, groups: int = 4, group_size: int = 4) -> train.Batch
 
 
 def main(model_dir: str, out_path: str):
-    rank, world, device, is_dist = train.dist_init()
+    rank, world, device, is_dist = distributed.dist_init()
     torch.manual_seed(0)
     policy, _ = M.load_model(model_dir, tokenizer=False)
     hf_config = policy.hf_config
     if is_dist:
-        policy = train.shard_policy(policy, device, activation_checkpointing=False)
+        policy = distributed.shard_policy(policy, device, activation_checkpointing=False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
     full = fixed_batch(policy.cfg.vocab_size if not is_dist else hf_config["vocab_size"])
     rows_per_rank = len(full.seqs) // world
@@ -45,11 +46,11 @@ def main(model_dir: str, out_path: str):
     cfg = train.resolve(train.TrainConfig(preset="cpu", algo="hicra", micro_batch_tokens=24))
     loss_cfg = LossConfig(eps_low=0.2, eps_high=0.28, agg="token-mean")
     out = train.ppo_update(policy, optimizer, batch, cfg, loss_cfg, 1, 1e-2, world, is_dist, device)
-    loss = train.all_sum([float(out["loss"])], is_dist)[0]
-    state = {k: v.clone() for k, v in train.full_state_dict(policy, is_dist).items()}
+    loss = distributed.all_sum([float(out["loss"])], is_dist)[0]
+    state = {k: v.clone() for k, v in distributed.full_state_dict(policy, is_dist).items()}
     if rank == 0:
         torch.save({"loss": loss, "state": state}, out_path)
-    train.dist_cleanup(is_dist)
+    distributed.dist_cleanup(is_dist)
 
 
 if __name__ == "__main__":
