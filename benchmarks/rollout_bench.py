@@ -1,0 +1,79 @@
+"""rollout.py benchmark: sampling tokens/s vs transformers `generate` on the embedded default.
+
+    python rollout.py --bench            (or: python benchmarks/rollout_bench.py [--batches 32,64] [--reps 1])
+
+Same gsm8k prompts (mixed lengths) for both, EOS ignored so both produce batch x new_tokens tokens, the
+same sampling (temperature, no top-k/top-p). transformers gets the batch left-padded with an attention mask
+(what `generate` needs) and its default dynamic cache; ours runs packed prefill + paged decode. Runs are
+interleaved per configuration. transformers' prefill is timed by a separate max_new_tokens=1 call, so its
+decode time per step is (total - prefill) / (new_tokens - 1). KV memory: pages in use at peak vs the
+batch x (longest prompt + new_tokens) a static cache would hold.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import model as M  # noqa: E402
+from rollout import EngineConfig, SamplingParams, generate  # noqa: E402
+
+
+def run_bench(batches: list[int], new_tokens: int = 128, temperature: float = 1.0, reps: int = 1):
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(0)
+    ours, tok = M.load_model(None)
+    hf = AutoModelForCausalLM.from_pretrained(ours.name_or_path, dtype=torch.float32).eval()
+    problems = [json.loads(line)["problem"] for line in open(os.path.join(ROOT, "data", "gsm8k_test.jsonl"))]
+    params = SamplingParams(temperature=temperature, max_new_tokens=new_tokens, ignore_eos=True)
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+
+    def hf_generate(prompts, count):
+        width = max(map(len, prompts))
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])  # left padding
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        start = time.perf_counter()
+        out = hf.generate(ids, attention_mask=mask, max_new_tokens=count, min_new_tokens=count, **sampling)
+        assert out.shape[1] == width + count
+        return time.perf_counter() - start
+
+    def ours_generate(prompts):
+        start = time.perf_counter()
+        samples, stats = generate(ours, prompts, params, EngineConfig(max_num_seqs=len(prompts)), tok)
+        assert sum(len(s.token_ids) for s in samples) == len(prompts) * new_tokens
+        return time.perf_counter() - start, stats
+
+    print(f"rollout bench: embedded default, CPU fp32, {torch.get_num_threads()} threads, gsm8k prompts, {new_tokens} new "
+          f"tokens (EOS ignored), temperature {temperature}, median of {reps} interleaved run(s)")
+    with torch.inference_mode():
+        warm = [tok.encode("Question: 1 + 1?\nAnswer:")] * 2
+        generate(ours, warm, SamplingParams(max_new_tokens=4, ignore_eos=True))
+        hf_generate(warm, 4)
+        for batch in batches:
+            prompts = [tok.encode(f"Question: {p}\nAnswer:") for p in problems[:batch]]
+            runs = [(ours_generate(prompts), hf_generate(prompts, new_tokens), hf_generate(prompts, 1)) for _ in range(reps)]
+            ours_s, stats = statistics.median(r[0][0] for r in runs), runs[-1][0][1]
+            hf_s, hf_prefill_s = statistics.median(r[1] for r in runs), statistics.median(r[2] for r in runs)
+            count, steps = batch * new_tokens, new_tokens - 1
+            kv_mb = stats["peak_kv_tokens"] * stats["kv_bytes_per_token"] / 1e6
+            static_mb = batch * (max(map(len, prompts)) + new_tokens) * stats["kv_bytes_per_token"] / 1e6
+            print(f"batch {batch:3d} x {new_tokens} tokens, prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens: "
+                  f"ours {count / ours_s:5.1f} tok/s (prefill {stats['prefill_s']:.1f} s, decode {stats['decode_s']:.1f} s = "
+                  f"{stats['decode_s'] / steps * 1e3:.0f} ms/step; KV peak {kv_mb:.0f} MB vs batch x max_len {static_mb:.0f} MB) | "
+                  f"transformers {count / hf_s:5.1f} tok/s (prefill {hf_prefill_s:.1f} s, decode {(hf_s - hf_prefill_s) / steps * 1e3:.0f} "
+                  f"ms/step) | {hf_s / ours_s:.1f}x", flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batches", default="32,64")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--reps", type=int, default=1)
+    args = parser.parse_args()
+    run_bench([int(b) for b in args.batches.split(",")], args.new_tokens, args.temperature, args.reps)

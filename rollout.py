@@ -1,0 +1,423 @@
+"""KV-cached batched sampler with a paged KV pool and continuous batching (slot refill).
+
+`generate(model, prompts, params, engine, tokenizer)` samples `params.n` responses for every prompt (token-id
+lists of any lengths) and returns, per sample, the response ids, the sampler's per-token logprobs and a finish
+reason, plus timing/memory stats.
+
+Sampling math, per response position t of a row with logits z (V,) from model.py:
+    logprob_t = log_softmax(z / T)[token_t]              over the FULL vocabulary, before top-k / top-p,
+which is what the trainer recomputes (model.forward(..., targets, temperature=T)), so the PPO ratio is 1 at
+the first epoch up to numerics. Greedy (T = 0) takes argmax z and reports log_softmax(z)[token] (the
+temperature-1 logits). The token itself is drawn from the filtered distribution
+    p = softmax(z / T);  top-k keeps the k largest p (torch.topk breaks ties), renormalise;
+    top-p keeps the smallest prefix of p sorted descending whose mass reaches top_p, renormalise
+(transformers' TopK-then-TopP order), by inverse CDF: token = first v with cumsum(p)_v > u * sum(p) (fp64, in
+two levels: 256-token block sums, then one block), where u = top 32 bits of splitmix64(key(seed, global
+sample index i*n+j) xor t) / 2^32. u depends only on (seed, sample,
+position), never on batch composition, slots, preemption or a global RNG: a rerun reproduces every sample,
+and another schedule changes a sample only through the ~1e-6 logit noise of differently batched matmuls
+(enough to flip a draw that lands among thousands of tail tokens, as on any sampler).
+
+Engine: prompt i's n samples are prefilled by ONE forward of the prompt that writes each token's K/V into n
+replica slots (AttnMeta.slot_mapping) and samples the n first tokens from the same logits. Then one decode
+forward per step over the active rows (one token each, per-row cache_seqlens, bottom-right causal: flash-attn
+with block tables on CUDA, SDPA over gathered pages elsewhere). Pages come from a free list and are taken
+lazily as a row grows; a finished row returns its pages and its slot goes to the next waiting sample. If the
+pool runs dry mid-decode the youngest row is preempted: its pages are freed and it is requeued at the front;
+on re-admission prompt + its generated tokens are prefilled again and it continues (tokens and logprobs
+already produced are kept, and its next uniform is the same as without preemption).
+
+Stops: a sampled token in stop_token_ids (plus the model's EOS unless ignore_eos: tokenizer.eos_token_id, or
+config.json's eos_token_id without a tokenizer) ends the row with reason "stop" and is KEPT as the last
+response token, so its logprob is trained on. A row also stops ("stop") as soon as its decoded response text
+contains a stop string; tokens up to and including the one that completed it are kept. Otherwise the row
+ends with "length" at max_new_tokens. Nothing after a stop is ever returned; finished rows do no work.
+
+Deviations: no prefix sharing across prompts and no copy-on-write pages (each sample owns its prompt's KV,
+written once by the shared prefill); a preempted row is recomputed, never swapped out.
+
+Run alone:
+    python rollout.py --bench     # embedded default, CPU fp32: tokens/s vs transformers generate, KV at peak
+"""
+import argparse
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+import model as M
+
+MASK64 = (1 << 64) - 1
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0  # nucleus mass kept (1 = off)
+    top_k: int = 0  # keep the k most likely tokens (0 = off)
+    max_new_tokens: int = 256  # response length cap (finish reason "length")
+    n: int = 1  # samples per prompt
+    stop_token_ids: list[int] = field(default_factory=list)  # generate() also adds the model's EOS unless ignore_eos
+    stop_strings: list[str] = field(default_factory=list)  # stop when the decoded response contains one, e.g. "\n\nQuestion"
+    ignore_eos: bool = False  # do not add the model's EOS to stop_token_ids
+    seed: int = 0  # sampling seed (draws depend on seed, sample index and position only)
+
+
+@dataclass
+class EngineConfig:
+    max_num_seqs: int = 64  # active slots (continuous batching refills them)
+    kv_budget_tokens: int = 0  # KV pool size in tokens; 0 = enough for max_num_seqs x (longest prompt + max_new_tokens)
+    page_size: int = 0  # tokens per KV page; 0 = 256 on CUDA (flash-attn's paged requirement), 16 elsewhere
+    max_prefill_tokens: int = 16384  # prompt tokens per prefill forward (bounds activation memory)
+
+
+@dataclass
+class Sample:
+    prompt_index: int  # position of the prompt in `prompts`
+    sample_index: int  # 0 .. n-1 within the prompt
+    token_ids: list[int]  # response only, never tokens after the stop
+    logprobs: list[float]  # sampler logprob of each response token (see the module docstring)
+    finish_reason: str  # "stop" | "length"
+
+
+# ----------------------------------------------------------------------------- sampling math
+
+def splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
+def uniform_draws(keys: list[int], positions: list[int]) -> torch.Tensor:
+    """u in [0, 1) per row from (row key, response position): a counter-based stream, no RNG state. (B,) fp64
+
+    32 bits, so u * m < m holds exactly in fp64 for any mass m > 0 (inverse_cdf never runs off the end)."""
+    return torch.tensor([(splitmix64(key ^ pos) >> 32) * 2.0 ** -32 for key, pos in zip(keys, positions)], dtype=torch.float64)
+
+
+def nucleus(probs: torch.Tensor, top_k: int, top_p: float):
+    """Top-k, then top-p candidates of each row of probs (B, V): (weights (B, K), token ids (B, K)).
+
+    Weights are sorted descending, renormalised, zero past a row's nucleus. Without top-k the candidate list
+    grows (64, 512, ...) until it holds top_p of every row's mass, so no full-vocabulary sort is needed."""
+    V = probs.shape[-1]
+    width = min(top_k, V) if top_k > 0 else min(64, V)
+    while True:
+        weights, token_ids = probs.topk(width, dim=-1)  # (B, K), descending
+        if top_k > 0:  # the k-set is the support: renormalise before measuring the nucleus
+            weights = weights / weights.sum(-1, keepdim=True)
+        mass_before = weights.cumsum(-1) - weights  # (B, K): mass of the more likely candidates
+        if top_k > 0 or width == V or bool((mass_before[:, -1] + weights[:, -1] >= top_p).all()):
+            break
+        width = min(8 * width, V)
+    weights = torch.where(mass_before < top_p, weights, 0.0)  # the first candidate always stays
+    return weights / weights.sum(-1, keepdim=True), token_ids
+
+
+def filtered_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """The distribution tokens are drawn from: softmax(logits / T), top-k, top-p, renormalised. (B, V) fp32"""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V)
+    if top_k == 0 and top_p >= 1.0:
+        return probs
+    weights, token_ids = nucleus(probs, top_k, top_p)
+    return torch.zeros_like(probs).scatter_(-1, token_ids, weights)
+
+
+def inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """First column whose cumulative weight exceeds u * total, i.e. a draw from weights / total. (B, K), (B,) -> (B,)
+
+    Two levels (block sums, then the chosen block), in fp64: one pass over the weights instead of a
+    vocabulary-wide cumsum. Rounding can only push the pick past the block's last positive weight, never
+    onto a zero-weight column: it is clamped there."""
+    B, K = weights.shape
+    blocks = F.pad(weights, (0, -K % block)).view(B, -1, block)  # (B, nb, block)
+    block_cdf = blocks.sum(-1, dtype=torch.float64).cumsum(-1)  # (B, nb)
+    targets = uniforms.to(weights.device) * block_cdf[:, -1]  # (B,), strictly below the total
+    chosen = torch.searchsorted(block_cdf, targets[:, None], right=True)[:, 0].clamp_(max=blocks.shape[1] - 1)  # (B,)
+    mass_before = torch.where(chosen > 0, block_cdf.gather(-1, (chosen - 1).clamp(min=0)[:, None])[:, 0], 0.0)  # (B,)
+    rows = torch.arange(B, device=weights.device)
+    inside = blocks[rows, chosen].double().cumsum(-1)  # (B, block)
+    column = torch.searchsorted(inside, (targets - mass_before)[:, None], right=True)[:, 0]  # (B,)
+    last_positive = (inside < inside[:, -1:]).sum(-1)  # (B,) where the block's cumsum reaches its total
+    return chosen * block + torch.minimum(column, last_positive)
+
+
+def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor):
+    """Next token and its sampler logprob per row (definitions in the module docstring). (B, V) -> (B,), (B,)"""
+    logits = logits.float()
+    scaled = logits if params.temperature in (0, 1) else logits / params.temperature  # (B, V); T = 0 logprobs at T = 1
+    peak = scaled.amax(-1, keepdim=True)  # (B, 1)
+    unnormalised = (scaled - peak).exp_()  # (B, V), exp(z/T - max)
+    total = unnormalised.sum(-1, keepdim=True)  # (B, 1)
+    if params.temperature == 0:
+        tokens = logits.argmax(-1)  # (B,)
+    elif params.top_k == 0 and params.top_p >= 1.0:
+        tokens = inverse_cdf(unnormalised, uniforms)
+    else:
+        weights, token_ids = nucleus(unnormalised.div_(total), params.top_k, params.top_p)
+        tokens = token_ids.gather(-1, inverse_cdf(weights, uniforms)[:, None])[:, 0]
+    log_norm = (peak + total.log())[:, 0]  # (B,) logsumexp(z/T)
+    return tokens, scaled.gather(-1, tokens[:, None])[:, 0] - log_norm
+
+
+# ----------------------------------------------------------------------------- pages, sequences, stops
+
+class PagePool:
+    """Free list of KV page ids with a high-water mark."""
+
+    def __init__(self, num_pages: int):
+        self.num_pages, self.free_pages, self.peak_in_use = num_pages, list(range(num_pages - 1, -1, -1)), 0
+
+    def take(self, count: int) -> list[int]:
+        pages = [self.free_pages.pop() for _ in range(count)]
+        self.peak_in_use = max(self.peak_in_use, self.num_pages - len(self.free_pages))
+        return pages
+
+    def give_back(self, pages: list[int]):
+        self.free_pages.extend(reversed(pages))
+
+
+@dataclass
+class Sequence:
+    prompt_index: int
+    sample_index: int
+    prompt: list[int]
+    key: int  # uniform-stream key: splitmix64 of (seed, global sample index)
+    tokens: list[int] = field(default_factory=list)  # response so far; the last one is not cached yet
+    logprobs: list[float] = field(default_factory=list)
+    pages: list[int] = field(default_factory=list)  # KV pages owned, in position order
+    cached: int = 0  # tokens whose K/V is in the pages = position of the next decode input
+    finish_reason: str = ""
+
+
+class StopStrings:
+    """Finds stop strings in the decoded tail of a response. A string completed by the newest token lies in
+    the last len(bytes) tokens (a byte-level token decodes to >= 1 byte), and the decoded window is a suffix
+    of the full decoded text (plus replacement chars at a split UTF-8 start), so the tail check is exact."""
+
+    def __init__(self, tokenizer, stop_strings: list[str]):
+        self.tokenizer, self.stop_strings = tokenizer, stop_strings
+        self.window = max(len(s.encode("utf-8")) for s in stop_strings) + 2
+
+    def hit(self, tokens: list[int]) -> bool:
+        text = self.tokenizer.decode(tokens[-self.window:])
+        return any(s in text for s in self.stop_strings)
+
+
+def pages_for(num_tokens: int, page_size: int) -> int:
+    return -(-num_tokens // page_size)
+
+
+def check_inputs(model, prompts, params: SamplingParams, engine: EngineConfig, tokenizer):
+    vocab = model.cfg.vocab_size
+    if not prompts:
+        raise ValueError("generate: no prompts")
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0 or min(prompt) < 0 or max(prompt) >= vocab:
+            raise ValueError(f"generate: prompt {i} is empty or has token ids outside [0, {vocab})")
+    if params.n < 1 or params.max_new_tokens < 1 or params.temperature < 0 or params.top_k < 0:
+        raise ValueError(f"generate: need n >= 1, max_new_tokens >= 1, temperature >= 0, top_k >= 0 (got {params})")
+    if not 0 < params.top_p <= 1:
+        raise ValueError(f"generate: top_p must be in (0, 1], got {params.top_p}")
+    if params.stop_strings and tokenizer is None:
+        raise ValueError("generate: stop_strings need a tokenizer to decode responses (pass tokenizer=...)")
+    if engine.max_num_seqs < 1 or engine.max_prefill_tokens < 1:
+        raise ValueError(f"generate: need max_num_seqs >= 1 and max_prefill_tokens >= 1 (got {engine})")
+
+
+def stop_token_set(model, params: SamplingParams, tokenizer) -> set[int]:
+    stops = set(params.stop_token_ids)
+    if not params.ignore_eos:
+        eos = tokenizer.eos_token_id if tokenizer is not None else getattr(model, "hf_config", {}).get("eos_token_id")
+        stops.update([] if eos is None else [eos] if isinstance(eos, int) else eos)
+    return stops
+
+
+# ----------------------------------------------------------------------------- the engine
+
+class Engine:
+    """State of one generate() call: the KV pool, the waiting queue and the active rows (admission order)."""
+
+    def __init__(self, model, sequences, params: SamplingParams, config: EngineConfig, tokenizer, num_pages, page_size, bar):
+        self.model, self.params, self.config, self.page_size, self.bar = model, params, config, page_size, bar
+        self.device = model.embed_tokens.weight.device
+        self.cache = M.KVCache.allocate(model.cfg, num_pages, page_size, self.device, model.embed_tokens.weight.dtype)
+        self.pool = PagePool(num_pages)
+        self.stop_ids = stop_token_set(model, params, tokenizer)
+        self.stop_strings = StopStrings(tokenizer, params.stop_strings) if params.stop_strings else None
+        self.waiting, self.active = deque(sequences), []  # active: youngest last
+        self.stats = dict(prefill_s=0.0, decode_s=0.0, prefill_tokens=0, generated_tokens=0, decode_steps=0, preemptions=0)
+
+    def admit(self) -> list[Sequence]:
+        """Waiting samples into free slots while the pool holds their context + one token."""
+        admitted, prefill_tokens = [], 0
+        while self.waiting and len(self.active) + len(admitted) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            context = len(seq.prompt) + len(seq.tokens)
+            cost = 0 if admitted and shares_prefill(admitted[-1], seq) else context
+            needed = pages_for(context + 1, self.page_size)
+            if len(self.pool.free_pages) < needed or (admitted and prefill_tokens + cost > self.config.max_prefill_tokens):
+                break
+            seq.pages, seq.cached = self.pool.take(needed), context
+            admitted.append(self.waiting.popleft())
+            prefill_tokens += cost
+        return admitted
+
+    def prefill(self, admitted: list[Sequence]):
+        """One packed forward over the admitted contexts; the samples of one prompt share it (replica slots)."""
+        groups = []  # [[sequences filled from one context]]
+        for seq in admitted:
+            if groups and shares_prefill(groups[-1][0], seq):
+                groups[-1].append(seq)
+            else:
+                groups.append([seq])
+        contexts = [group[0].prompt + group[0].tokens for group in groups]
+        replicas = max(map(len, groups))
+        slot_blocks = []
+        for context, group in zip(contexts, groups):
+            pos = torch.arange(len(context))  # (T,)
+            slots = torch.stack([torch.tensor(s.pages)[pos // self.page_size] * self.page_size + pos % self.page_size
+                                 for s in group], 1)  # (T, len(group))
+            slot_blocks.append(torch.cat([slots, slots[:, :1].expand(-1, replicas - len(group))], 1))  # pad: own slot again
+        lengths = [len(c) for c in contexts]
+        meta = M.AttnMeta.packed(lengths, self.device, cache=self.cache, slot_mapping=torch.cat(slot_blocks).to(self.device))
+        flat = torch.tensor([t for c in contexts for t in c], device=self.device)  # (N,)
+        positions = torch.cat([torch.arange(n) for n in lengths]).to(self.device)  # (N,)
+        last = (torch.tensor(lengths).cumsum(0) - 1).to(self.device)  # (groups,)
+        logits = self.model(flat, positions, meta, logits_index=last)  # (groups, V)
+        rows = torch.tensor([g for g, group in enumerate(groups) for _ in group], device=self.device)
+        self.append(admitted, logits[rows])
+        self.active.extend(s for s in admitted if not s.finish_reason)
+        self.stats["prefill_tokens"] += sum(lengths)
+
+    def reserve_pages(self):
+        """A slot for every active row's next position; when the pool is dry, preempt the youngest row."""
+        row = 0
+        while row < len(self.active):
+            seq = self.active[row]
+            missing = pages_for(seq.cached + 1, self.page_size) - len(seq.pages)
+            while missing > len(self.pool.free_pages) and self.active[-1] is not seq:
+                self.preempt_youngest()
+            if missing > len(self.pool.free_pages):  # seq is the youngest itself
+                self.preempt_youngest()
+                break
+            seq.pages += self.pool.take(missing)
+            row += 1
+
+    def preempt_youngest(self):
+        """Free the youngest row's pages and requeue it first; re-admission re-prefills prompt + its tokens."""
+        seq = self.active.pop()
+        self.pool.give_back(seq.pages)
+        seq.pages, seq.cached = [], 0
+        self.waiting.appendleft(seq)
+        self.stats["preemptions"] += 1
+
+    def decode(self):
+        """One token for every active row: its last token goes in at position `cached`."""
+        width = max(len(s.pages) for s in self.active)
+        block_table = torch.tensor([s.pages + [0] * (width - len(s.pages)) for s in self.active], dtype=torch.int32)  # (B, P)
+        cache_seqlens = torch.tensor([s.cached for s in self.active], dtype=torch.int32)  # (B,)
+        tokens = torch.tensor([s.tokens[-1] for s in self.active])  # (B,)
+        meta = M.AttnMeta(cache=self.cache, block_table=block_table.to(self.device), cache_seqlens=cache_seqlens.to(self.device))
+        logits = self.model(tokens.to(self.device), cache_seqlens.long().to(self.device), meta)  # (B, V)
+        for seq in self.active:
+            seq.cached += 1
+        self.append(self.active, logits)
+        self.active = [s for s in self.active if not s.finish_reason]  # finished rows leave the batch
+        self.stats["decode_steps"] += 1
+
+    def append(self, batch: list[Sequence], logits):
+        """Sample one token per row of `batch` from logits (B, V); retire rows that stop (pages back to the pool)."""
+        uniforms = uniform_draws([s.key for s in batch], [len(s.tokens) for s in batch])
+        tokens, logprobs = sample_tokens(logits, self.params, uniforms)
+        for seq, token, logprob in zip(batch, tokens.tolist(), logprobs.tolist()):
+            seq.tokens.append(token)
+            seq.logprobs.append(logprob)
+            if token in self.stop_ids or (self.stop_strings is not None and self.stop_strings.hit(seq.tokens)):
+                seq.finish_reason = "stop"
+            elif len(seq.tokens) == self.params.max_new_tokens:
+                seq.finish_reason = "length"
+            if seq.finish_reason:
+                self.pool.give_back(seq.pages)
+                seq.pages = []
+                if self.bar is not None:
+                    self.bar.update(1)
+        self.stats["generated_tokens"] += len(batch)
+
+
+def shares_prefill(first: Sequence, seq: Sequence) -> bool:
+    """Fresh samples of the same prompt are prefilled once together."""
+    return not first.tokens and not seq.tokens and first.prompt_index == seq.prompt_index
+
+
+def generate(model, prompts: list[list[int]], params: SamplingParams, engine: EngineConfig = EngineConfig(),
+             tokenizer=None, progress: bool = False) -> tuple[list[Sample], dict]:
+    """Sample params.n responses per prompt -> (samples, prompt-major: prompt i's at i*n .. i*n+n-1; stats).
+
+    stats: prefill_s, decode_s, prefill_tokens, generated_tokens, decode_steps, preemptions, peak_kv_tokens
+    (pages in use at peak x page_size), kv_budget_tokens, page_size, kv_bytes_per_token, kv_pages, kv_pages_free."""
+    check_inputs(model, prompts, params, engine, tokenizer)
+    device = model.embed_tokens.weight.device
+    page_size = engine.page_size or (256 if device.type == "cuda" else 16)
+    if device.type == "cuda" and M.HAS_FLASH and page_size % 256:
+        raise ValueError(f"generate: flash-attn's paged KV needs page_size divisible by 256, got {page_size}")
+    longest = max(map(len, prompts)) + params.max_new_tokens
+    num_seqs = len(prompts) * params.n
+    budget = engine.kv_budget_tokens or min(engine.max_num_seqs, num_seqs) * pages_for(longest, page_size) * page_size
+    if budget // page_size < pages_for(longest, page_size):
+        raise ValueError(f"generate: kv_budget_tokens={budget} ({budget // page_size} pages of {page_size}) cannot hold one "
+                         f"sequence of {longest} tokens (longest prompt + max_new_tokens); raise kv_budget_tokens")
+    sequences = [Sequence(i, j, list(prompt), splitmix64(splitmix64(params.seed) ^ (i * params.n + j)))
+                 for i, prompt in enumerate(prompts) for j in range(params.n)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=num_seqs, unit="seq", desc="rollout", dynamic_ncols=True)
+    run = Engine(model, sequences, params, engine, tokenizer, budget // page_size, page_size, bar)
+    with torch.inference_mode():
+        while run.waiting or run.active:
+            start = time.perf_counter()
+            admitted = run.admit()
+            if admitted:
+                run.prefill(admitted)
+            run.stats["prefill_s"] += time.perf_counter() - start
+            start = time.perf_counter()
+            run.reserve_pages()
+            if run.active:
+                run.decode()
+            run.stats["decode_s"] += time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    run.stats.update(peak_kv_tokens=run.pool.peak_in_use * page_size, kv_budget_tokens=run.pool.num_pages * page_size,
+                     page_size=page_size, kv_bytes_per_token=run.cache.bytes_per_token(), kv_pages=run.pool.num_pages,
+                     kv_pages_free=len(run.pool.free_pages))
+    return [Sample(s.prompt_index, s.sample_index, s.tokens, s.logprobs, s.finish_reason) for s in sequences], run.stats
+
+
+# ----------------------------------------------------------------------------- command line
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bench", action="store_true", help="tokens/s vs transformers generate (benchmarks/rollout_bench.py)")
+    parser.add_argument("--batches", default="32,64", help="--bench: comma-separated prompt counts")
+    parser.add_argument("--new-tokens", type=int, default=128, help="--bench: tokens generated per prompt (EOS ignored)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="--bench: sampling temperature (0 = greedy)")
+    parser.add_argument("--reps", type=int, default=1, help="--bench: interleaved repetitions (median reported)")
+    args = parser.parse_args()
+    try:
+        if args.bench:
+            sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmarks"))
+            from rollout_bench import run_bench
+            return run_bench([int(b) for b in args.batches.split(",")], args.new_tokens, args.temperature, args.reps)
+        parser.print_help()
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
