@@ -27,7 +27,8 @@ Numeric tolerance: |p - g| <= 1e-4 * max(|p|, |g|) when either side has a decima
 equal decimal (17.9999 is not 18); otherwise exact for rationals and 1e-9 relative (+1e-12 absolute)
 for float round-off of exact expressions (2\\sqrt{3} vs \\sqrt{12}).
 Deviations, deliberate: answers longer than 1000 characters are compared as exact strings only; 90^\\circ
-is 90, not pi/2; 62.5% is 62.5; `52` matches a base-subscripted gold `52_8`; `e` is Euler's number
+is 90, not pi/2; 62.5% is 62.5 (not 0.625); an interval's infinite end is open whatever its bracket
+([-\\infty, 0] = (-\\infty, 0], as math-verify); `52` matches a base-subscripted gold `52_8`; `e` is Euler's number
 and `i` the imaginary unit; a letter before a one-token parenthesis `u(t)`, `I(0)` is a function
 value, otherwise `x(x+1)` is a product; symbolic equality is equality at 3 generic points (sqrt(x^2)
 equals x there); equations with different left sides are equal when lhs - rhs are proportional;
@@ -36,13 +37,14 @@ with multiple_answers (OlympiadBench) commas always separate answers (`1,250` is
 Batch scoring (`score_batch(..., workers=N)`) sends chunks to N child processes `python reward.py --serve
 score`, started once and reused: fresh interpreters (safe with torch/CUDA loaded in the caller, and
 unlike multiprocessing's spawn they do not re-import the caller's __main__); a worker that dies or
-stalls is killed and its chunk scored in process.
+stalls is killed and its chunk scored in process. Children die with their parent (Linux PR_SET_PDEATHSIG).
 
     python reward.py "... so the answer is \\boxed{\\frac12}." "0.5"     # extracted answer and verdict
     python reward.py --bench --workers 2                                  # checks/s, worst-case latency
 """
 import argparse
 import atexit
+import cmath
 import functools
 import json
 import math
@@ -53,7 +55,6 @@ import subprocess
 import sys
 import threading
 import time
-import cmath
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
@@ -62,7 +63,7 @@ from cli import add_dataclass_args, dataclass_from_args
 MAX_ANSWER_CHARS = 1000  # longer answers: exact string comparison only (bounds every regex and the parser)
 MAX_SYMPY_BITS = 1e6     # numbers bigger than this are never built by sympy: judged unequal
 STARTUP_TIMEOUT = 60.0   # seconds a child process may take to start (not counted in a comparison)
-STATS = {"sympy_calls": 0, "timeouts": 0, "refused": 0}  # this process's counters (train.py logs them)
+STATS = {"sympy_calls": 0, "timeouts": 0, "refused": 0, "child_failures": 0}  # this process's counters
 
 
 @dataclass
@@ -92,7 +93,7 @@ class RewardResult:
 
 # ----------------------------------------------------------------------------- extraction
 
-_FALLBACK = re.compile(r"(?:the (?:final )?answer is|^\W*answer\W*:|####)[ \t:]*(.+)", re.I | re.M)
+_FALLBACK = re.compile(r"(?:the (?:final )?answer is|^\W*(?:final )?answer\W*:|####)[ \t:]*(.+)", re.I | re.M)
 
 
 def extract_answer(text: str, fallbacks: bool = False) -> str | None:
@@ -145,7 +146,7 @@ _SUBS = [(re.compile(p), r) for p, r in [
 _THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 14)  # answers repeat within a group
 def _clean(s: str, multiple: bool = False) -> str:
     """Canonical string of an answer: formatting removed, structure and values untouched."""
     s = s.translate(_UNICODE).replace("\\\\", "\x03").strip()  # \x03: matrix row separator
@@ -202,7 +203,7 @@ def _items(parts: list[str]) -> list[tuple]:
     return out
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 14)  # answers repeat within a group
 def _structure(s: str) -> tuple:
     """("matrix", rows) | ("union"|"list"|"set", items) | ("seq", brackets, items) | ("eq", lhs, rhs) | ("atom", s)"""
     if m := _MATRIX.fullmatch(s):
@@ -275,7 +276,6 @@ def _compare(p: tuple, g: tuple, slow) -> bool | None:
 
 _WORD = re.compile(r"[A-Za-z]{3,}")
 _BASE = re.compile(r"(\d+)_\{?(\d+)\}?")
-_INT = re.compile(r"-?\d+")
 
 
 def _atom_equal(p, g, slow, mode: str = "value") -> bool | None:
@@ -304,6 +304,7 @@ def _atom_equal(p, g, slow, mode: str = "value") -> bool | None:
 REL_TOL = 1e-4           # relative tolerance when a rounded (decimal / scientific) number is involved
 FLOAT_TOL = 1e-9         # relative float round-off allowed for exact expressions evaluated in floats
 MAX_BITS = 100_000       # exact rationals above this size are handed to floats (and then sympy)
+_INT = re.compile(r"-?\d+")
 
 _TOKEN = re.compile(r"\s*(\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\\[a-zA-Z]+|\S)")
 _FUNCS = {"sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh",
@@ -443,7 +444,7 @@ class _Parser:
 _MIXED = re.compile(r"(-?)(\d+)\\frac\{(\d+)\}\{(\d+)\}")
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 14)  # answers repeat within a group
 def _parse(text: str):
     """(tree, has_decimal_literal, variable names) or None when the text is not an expression we read."""
     if m := _MIXED.fullmatch(text):  # 1\frac{4}{5} is the mixed number 9/5, not 4/5
@@ -483,6 +484,12 @@ def _checked(x):
     return x
 
 
+def _real(x) -> float:
+    if abs(complex(x).imag) > 1e-12:
+        raise _Undecided
+    return complex(x).real
+
+
 def _real_int(x):
     if isinstance(x, Fraction) and x.denominator == 1:
         return x.numerator
@@ -516,15 +523,13 @@ def _evaluate(node, env):
         if kind == "abs":
             return _checked(abs(args[0]))
         if kind in ("floor", "ceil"):
-            x = args[0] if isinstance(args[0], Fraction) else Fraction(args[0].real) if abs(args[0].imag) < 1e-12 else None
-            if x is None:
-                raise _Undecided
+            x = args[0] if isinstance(args[0], Fraction) else Fraction(_real(args[0]))
             return Fraction(math.floor(x) if kind == "floor" else math.ceil(x))
         if kind == "!":
-            n = _real_int(args[0]) if isinstance(args[0], Fraction) and args[0].denominator == 1 else None
-            if n is not None and 0 <= n <= 3000:
-                return Fraction(math.factorial(n))
-            return _checked(math.gamma(float(complex(args[0]).real) + 1))
+            x = args[0]
+            if isinstance(x, Fraction) and x.denominator == 1 and 0 <= x <= 3000:
+                return Fraction(math.factorial(int(x)))
+            return _checked(math.gamma(_real(x) + 1))  # n! at a generic point of n
         if kind == "binom":
             n, k = _real_int(args[0]), _real_int(args[1])
             if not 0 <= n <= MAX_BITS:
@@ -579,10 +584,15 @@ def _close(a, b, tol: float) -> bool:
     return abs(a - b) <= max(tol, FLOAT_TOL) * max(abs(a), abs(b)) + (1e-12 if tol != 0 else 0)
 
 
+def _tolerance(p_approx: bool, g_approx: bool, exact_gold: bool) -> float:
+    """Relative tolerance: none for a decimal against an integer gold, REL_TOL for rounded numbers."""
+    return 0.0 if exact_gold and p_approx else REL_TOL if p_approx or g_approx else FLOAT_TOL
+
+
 def _values_equal(p, g, exact_gold: bool, proportional: bool) -> bool:
     """Evaluate both trees (at 3 generic points when they have variables); raises _Undecided."""
     (p_tree, p_approx, p_names), (g_tree, g_approx, g_names) = p, g
-    tol = 0.0 if exact_gold and p_approx else REL_TOL if p_approx or g_approx else FLOAT_TOL
+    tol = _tolerance(p_approx, g_approx, exact_gold)
     names = sorted(p_names | g_names)
     ratios = []
     for point in _POINTS[:3 if names or proportional else 1]:
@@ -647,13 +657,11 @@ def _sympy_equal(p, g, mode: str) -> bool:
         return True
     if diff.free_symbols or not diff.is_finite:
         return False
-    tol = REL_TOL if parsed[0][1] or parsed[1][1] else FLOAT_TOL
-    return bool(abs(complex(sympy.N(diff, 30))) <= tol * max(abs(complex(sympy.N(b, 30))), 1e-300))
+    tol = _tolerance(parsed[0][1], parsed[1][1], bool(_INT.fullmatch(g)))
+    return bool(abs(complex(sympy.N(diff, 30))) <= tol * abs(complex(sympy.N(b, 30))))
 
 
 # ----------------------------------------------------------------------------- child processes (sympy stage, batch workers)
-
-
 
 class _Child:
     """A child `python reward.py --serve KIND` answering one JSON line per request line."""
@@ -720,7 +728,10 @@ def _remote_sympy(p, g, mode: str, deadline: float, state: dict) -> bool:
         return False
     STATS["sympy_calls"] += 1
     with _LOCK:
-        reply = _SYMPY_CHILD.receive(deadline - time.monotonic()) if _SYMPY_CHILD.send([p, g, mode]) else None
+        if not _SYMPY_CHILD.send([p, g, mode]):
+            STATS["child_failures"] += 1  # it could not start: not equal, and the next call tries again
+            return False
+        reply = _SYMPY_CHILD.receive(deadline - time.monotonic())
         if reply is None:
             state["timed_out"] = True
             STATS["timeouts"] += 1
@@ -830,6 +841,11 @@ def score_batch(responses: list[str], golds: list[str], cfg: RewardConfig = Rewa
 
 def _serve(kind: str):
     """Child process loop: one JSON request per stdin line, one JSON reply per stdout line."""
+    try:  # Linux: die with the parent, even inside a C-level computation
+        import ctypes
+        ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        pass
     if kind == "sympy":
         import sympy  # noqa: F401  (imported before announcing readiness, so no check pays for it)
     sys.stdout.write("ready\n"); sys.stdout.flush()
