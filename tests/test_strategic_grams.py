@@ -18,6 +18,9 @@ FIGURE_2 = ("Let's see if I can find relationships or substitutions. Maybe I can
 # non-gram pieces: near-misses of grams, multi-byte characters (emoji, CJK, math), punctuation
 PIECES = ["button", "Butter", "hmmm", "nowhere", "sonic", "wait2", "x = 3", "√2", "≥", "∑_{i=1}^n", "π", "😀",
           "🚀🚀", "中文", "数学题", "café", "naïve", "1/2", "...", "—", "(", ")", ",", ".", "?", "é"]
+PLANTED = [["let's try a different approach", "maybe we should try another method"],  # paraphrase families
+           ["wait, let me double-check that step", "hold on, let me verify this"],
+           ["but i'm not sure this helps", "however, this might not be useful"]]
 CORPUS = [FIGURE_2, "The button 😀 🚀 中文 数学 ≥ ≤ ≠ ∑ √ π ∞ café naïve — wait, hmm, let’s verify 3 + 4 = 7."] * 10
 
 
@@ -298,8 +301,8 @@ def test_read_corpus(tmp_path):
     (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     assert sg.read_corpus(str(tmp_path / "c.jsonl")) == ["a", "c", "e"]
     for content, message in [('{"response": "a"}\n{oops', r"c2.jsonl:2: invalid JSON"),
-                             ('{"answer": "a"}', r"c2.jsonl:1: expected an object with a string 'response'"),
-                             ('{"text": "a", "reward": "high"}', r"c2.jsonl:1: 'correct'/'reward' is 'high'")]:
+                             ('{"answer": "a"}', r"c2.jsonl:1: expected a str response/solution/text"),
+                             ('{"text": "a", "reward": "high"}', r"c2.jsonl:1: expected .* number reward")]:
         (tmp_path / "c2.jsonl").write_text(content)
         with pytest.raises(ValueError, match=message):
             sg.read_corpus(str(tmp_path / "c2.jsonl"))
@@ -334,9 +337,9 @@ def test_cluster_document_frequency_by_hand():
 
 
 def test_pipeline_selects_planted_phrases_not_arithmetic():
-    solutions = sg.synthetic_solutions(300, seed=0, zipf=1.0)  # filler words then "x + y = z", 3 planted families
+    solutions = sg.synthetic_solutions(300, PLANTED, seed=0, zipf=1.0)  # filler words then "x + y = z", 3 planted families
     result = sg.build_grams(solutions, sg.BuildConfig(min_solutions=3))
-    paraphrases = [p for family in sg.PLANTED for p in family]
+    paraphrases = [p for family in PLANTED for p in family]
     assert len(result["clusters"]) > 20  # filler n-grams were candidates too
     assert result["grams"] and all(any(g in p for p in paraphrases) for g in result["grams"]), result["grams"]
     selected = sg.GramMatcher(result["grams"])
@@ -346,10 +349,10 @@ def test_pipeline_selects_planted_phrases_not_arithmetic():
 
 def test_cli_build_show_and_errors(tmp_path, byte_level, capsys):
     corpus = tmp_path / "rollouts.jsonl"
-    corpus.write_text("\n".join(json.dumps({"response": s, "correct": True}) for s in sg.synthetic_solutions(60)))
+    corpus.write_text("\n".join(json.dumps({"response": s, "correct": True}) for s in sg.synthetic_solutions(60, PLANTED)))
     sg.main(["build", "--corpus", str(corpus), "--out", str(tmp_path / "grams.json"), "--min-solutions", "3"])
     grams = sg.load_grams(str(tmp_path / "grams.json"))  # a valid --grams file
-    assert grams and all(any(g in p for family in sg.PLANTED for p in family) for g in grams)
+    assert grams and all(any(g in p for family in PLANTED for p in family) for g in grams)
     byte_level.save_pretrained(tmp_path / "model")
     (tmp_path / "model" / "config.json").write_text("{}")
     capsys.readouterr()
