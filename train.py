@@ -180,6 +180,20 @@ def micro_batches(units, lengths, max_tokens):
     return batches + [current] if current else batches
 
 
+def sample_with_retry(model, prompt_ids, params, cfg, tokenizer):
+    """rollout.generate; on CUDA out-of-memory, halve the sampler's slots (for the rest of the run) and retry."""
+    while True:
+        try:
+            with torch.no_grad():
+                return generate(model, prompt_ids, params, EngineConfig(max_num_seqs=cfg.max_num_seqs), tokenizer)
+        except torch.cuda.OutOfMemoryError:
+            if cfg.max_num_seqs <= 1:
+                raise
+            torch.cuda.empty_cache()
+            cfg.max_num_seqs //= 2
+            print(f"rollout ran out of GPU memory; retrying with --max-num-seqs {cfg.max_num_seqs}", file=sys.stderr)
+
+
 @dataclass
 class Batch:
     """One step's training data on this rank, rows in group order (G consecutive rows per prompt)."""
@@ -355,8 +369,7 @@ def train(cfg, rank, world, device, is_dist, is_master):
                                     stop_token_ids=eos, stop_strings=stop_strings(prompt_cfg, batch),
                                     seed=cfg.seed * 1_000_003 + step * 1009 + rank * 101 + rollout_stats["rounds"])
             rollout_stats["rounds"] += 1
-            with torch.no_grad():
-                samples, stats = generate(infer, prompt_ids, params, EngineConfig(max_num_seqs=cfg.max_num_seqs), tokenizer)
+            samples, stats = sample_with_retry(infer, prompt_ids, params, cfg, tokenizer)
             rollout_stats["generated_tokens"] += stats["generated_tokens"]
             responses = [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in samples]
             results = score_batch(responses, [p.answer for p in batch for _ in range(G)], reward_cfg,
