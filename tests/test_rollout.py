@@ -123,7 +123,8 @@ def test_seeded_sampling_reproducible_and_samples_differ(tiny_checkpoint):
     ours, _ = M.load_model(tiny_checkpoint("qwen2"), tokenizer=False)
     prompts = random_prompts(ours.cfg.vocab_size, [6, 13])
     params = R.SamplingParams(temperature=1.0, max_new_tokens=16, n=4, seed=7, ignore_eos=True)
-    first, _ = R.generate(ours, prompts, params, PAGE)
+    first, stats = R.generate(ours, prompts, params, PAGE)
+    assert stats["prefill_tokens"] == 6 + 13  # one prefill per prompt, shared by its 4 samples
     torch.manual_seed(123)  # the global RNG plays no part
     again, _ = R.generate(ours, prompts, params, PAGE)
     other, _ = R.generate(ours, prompts, R.SamplingParams(**{**params.__dict__, "seed": 8}), PAGE)
