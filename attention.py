@@ -9,7 +9,7 @@ The KV cache is paged: per layer a pool of `num_pages` pages of `page_size` slot
 row; a row's token at position p lives in page block_table[row, p // page_size], offset p % page_size.
 On CUDA with flash-attn installed the kernels are flash_attn_varlen_func / flash_attn_with_kvcache (page
 size must then be a multiple of 256); everywhere else SDPA with the same semantics: the packed path runs
-one batched call per distinct sequence length, the decode path gathers each row's pages. A GPU test in
+one batched call per distinct sequence length, the decode path scores each page in place. A GPU test in
 tests/test_model.py compares the two. `seq_masks` (training with a prompt shared by its G responses, see
 train.py) replaces the causal mask of each packed sequence and always runs through SDPA.
 """
@@ -35,6 +35,7 @@ class AttnMeta:
     block_table: torch.Tensor | None = None  # (B, P) int32 decode: page ids of each row
     cache_seqlens: torch.Tensor | None = None  # (B,) int32 decode: tokens already cached for each row
     seq_masks: list | None = None  # packed: per sequence an (L, L) bool mask (True = may attend) or None = causal
+    page_index: tuple | None = None  # decode, SDPA path: per-step page bookkeeping shared by all layers (_page_index)
 
     @staticmethod
     def packed(lengths: list[int], device, **kw) -> "AttnMeta":
@@ -129,17 +130,45 @@ def _sdpa_masked(q, k, v, cu_seqlens, masks):
 
 
 def _sdpa_decode(q, k, v, k_pool, v_pool, meta: AttnMeta):
-    """Decode on the paged pool: write the new token at cache_seqlens, gather each row's pages, attend."""
-    page_size = k_pool.shape[1]
+    """Decode on the paged pool without gathering K/V: write the new token at cache_seqlens, score each page
+    in place (pages are the batch of a bmm, like flash-attn's paged kernel), then softmax over each row's
+    pages through the block table. Reading K/V once where they lie beats copying every row's pages into a
+    contiguous (B, S) tensor per layer, which cost as much as the attention itself."""
+    page_size, (B, H, D), Hkv = k_pool.shape[1], q.shape, k.shape[1]
+    group = H // Hkv  # query heads per KV head (query head h reads KV head h // group, as in repeat_kv)
     lens = meta.cache_seqlens.long()  # (B,)
-    rows = torch.arange(len(lens), device=q.device)
-    new_slots = meta.block_table[rows, lens // page_size].long() * page_size + lens % page_size  # (B,)
+    new_slots = meta.block_table[torch.arange(B, device=q.device), lens // page_size].long() * page_size + lens % page_size
     _write_slots(k_pool, v_pool, k, v, new_slots[:, None])
-    span = int(lens.max()) + 1
-    pos = torch.arange(span, device=q.device)  # (S,)
-    slots = meta.block_table[:, pos // page_size].long() * page_size + pos % page_size  # (B, S)
-    keys = k_pool.view(-1, *k.shape[1:])[slots].transpose(1, 2)  # (B, H_kv, S, D)
-    values = v_pool.view(-1, *v.shape[1:])[slots].transpose(1, 2)  # (B, H_kv, S, D)
-    visible = (pos[None, :] <= lens[:, None])[:, None, None, :]  # (B, 1, 1, S): cached tokens + the new one
-    out = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=visible, enable_gqa=True)
-    return out[:, :, 0]  # (B, H, D)
+    table, valid, owner, seen = _page_index(meta, page_size)  # (B, P), (B, P), (pages,), (pages, page_size)
+    pages = len(owner)
+    qp = q[owner.clamp(max=B - 1)].view(pages, Hkv, group, D)  # each page's row's queries
+    scores = torch.stack([torch.bmm(qp[:, j], k_pool[:pages, :, j].transpose(1, 2)) for j in range(Hkv)], 1)
+    scores = scores.float().view(pages, H, page_size).mul_(D ** -0.5).masked_fill_(~seen[:, None], float("-inf"))
+    row_max = scores.amax(-1)[table].masked_fill_(~valid[..., None], float("-inf")).amax(1)  # (B, H)
+    row_max = torch.cat([row_max, row_max.new_zeros(1, H)])  # row B: pages no row reads
+    weights = torch.exp(scores - row_max[owner][..., None]).view(pages, Hkv, group, page_size)
+    partial = torch.stack([torch.bmm(weights[:, j].to(v_pool.dtype), v_pool[:pages, :, j]) for j in range(Hkv)], 1)
+    numer = torch.where(valid[..., None, None], partial.float().view(pages, H, D)[table], 0).sum(1)  # (B, H, D)
+    denom = torch.where(valid[..., None], weights.sum(-1).view(pages, H)[table], 0).sum(1)  # (B, H)
+    return (numer / denom[..., None]).to(q.dtype)
+
+
+def _page_index(meta: AttnMeta, page_size: int):
+    """Per decode step (shared by all layers): the block table cut to the pages in use, which of its entries
+    hold keys, each pool page's row (B = none) and which of its slots that row sees (cache + the new token)."""
+    if meta.page_index is None:
+        lens = meta.cache_seqlens.long() + 1  # keys each row attends to
+        B, width = len(lens), -(-int(lens.max()) // page_size)
+        table = meta.block_table[:, :width].long()  # (B, P)
+        start = torch.arange(width, device=lens.device) * page_size  # (P,) first position of each column
+        valid = start[None, :] < lens[:, None]  # (B, P)
+        used = table[valid]
+        pages = int(used.max()) + 1  # the pool hands out low page ids first, so pages [0, pages) are mostly in use
+        owner = torch.full((pages,), B, dtype=torch.long, device=lens.device)
+        owner[used] = torch.arange(B, device=lens.device)[:, None].expand(B, width)[valid]
+        first = torch.zeros(pages, dtype=torch.long, device=lens.device)
+        first[used] = start.expand(B, width)[valid]
+        row_lens = torch.cat([lens, lens.new_zeros(1)])[owner]  # (pages,)
+        seen = first[:, None] + torch.arange(page_size, device=lens.device) < row_lens[:, None]  # (pages, page_size)
+        meta.page_index = (table, valid, owner, seen)
+    return meta.page_index

@@ -21,7 +21,7 @@ and another schedule changes a sample only through the ~1e-6 logit noise of diff
 Engine: prompt i's n samples are prefilled by ONE forward of the prompt that writes each token's K/V into n
 replica slots (AttnMeta.slot_mapping) and samples the n first tokens from the same logits. Then one decode
 forward per step over the active rows (one token each, per-row cache_seqlens, bottom-right causal: flash-attn
-with block tables on CUDA, SDPA over gathered pages elsewhere). Pages come from a free list and are taken
+with block tables on CUDA, SDPA scoring each page in place elsewhere). Pages come from a free list and are taken
 lazily as a row grows; a finished row returns its pages and its slot goes to the next waiting sample. If the
 pool runs dry mid-decode the youngest row is preempted: its pages are freed and it is requeued at the front;
 on re-admission prompt + its generated tokens are prefilled again and it continues (tokens and logprobs

@@ -7,7 +7,9 @@ same sampling (temperature, no top-k/top-p). transformers gets the batch left-pa
 (what `generate` needs) and its default dynamic cache; ours runs packed prefill + paged decode. Runs are
 interleaved per configuration. transformers' prefill is timed by a separate max_new_tokens=1 call, so its
 decode time per step is (total - prefill) / (new_tokens - 1). KV memory: pages in use at peak vs the
-batch x (longest prompt + new_tokens) a static cache would hold.
+batch x (longest prompt + new_tokens) a static cache would hold. The ceiling line times the decode step's
+linear layers and lm_head alone (identical work for every sampler): transformers' time over (our prefill +
+steps x that floor) is the best ratio any attention or bookkeeping could reach on this machine.
 """
 import argparse
 import json
@@ -42,6 +44,18 @@ def run_bench(batches: list[int], new_tokens: int = 128, temperature: float = 1.
         assert out.shape[1] == width + count
         return time.perf_counter() - start
 
+    def matmul_floor(batch, reps=5):
+        """Seconds per decode step of the work no sampler can skip: every linear layer and the lm_head at this batch."""
+        linears = [ours.lm_head] + [m for block in ours.layers for m in (
+            block.self_attn.q_proj, block.self_attn.k_proj, block.self_attn.v_proj, block.self_attn.o_proj,
+            block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj)]
+        work = [(torch.randn(batch, m.in_features), m) for m in linears]
+        start = time.perf_counter()
+        for _ in range(reps):
+            for x, m in work:
+                m(x)
+        return (time.perf_counter() - start) / reps
+
     def ours_generate(prompts):
         start = time.perf_counter()
         samples, stats = generate(ours, prompts, params, EngineConfig(max_num_seqs=len(prompts)), tok)
@@ -59,6 +73,7 @@ def run_bench(batches: list[int], new_tokens: int = 128, temperature: float = 1.
             runs = [(ours_generate(prompts), hf_generate(prompts, new_tokens), hf_generate(prompts, 1)) for _ in range(reps)]
             ours_s, stats = statistics.median(r[0][0] for r in runs), runs[-1][0][1]
             hf_s, hf_prefill_s = statistics.median(r[1] for r in runs), statistics.median(r[2] for r in runs)
+            floor_s = matmul_floor(batch)
             count, steps = batch * new_tokens, new_tokens - 1
             kv_mb = stats["peak_kv_tokens"] * stats["kv_bytes_per_token"] / 1e6
             static_mb = batch * (max(map(len, prompts)) + new_tokens) * stats["kv_bytes_per_token"] / 1e6
@@ -67,6 +82,8 @@ def run_bench(batches: list[int], new_tokens: int = 128, temperature: float = 1.
                   f"{stats['decode_s'] / steps * 1e3:.0f} ms/step; KV peak {kv_mb:.0f} MB vs batch x max_len {static_mb:.0f} MB) | "
                   f"transformers {count / hf_s:5.1f} tok/s (prefill {hf_prefill_s:.1f} s, decode {(hf_s - hf_prefill_s) / steps * 1e3:.0f} "
                   f"ms/step) | {hf_s / ours_s:.1f}x", flush=True)
+            print(f"  ceiling: the decode matmuls alone take {floor_s * 1e3:.0f} ms/step, so with our prefill the best "
+                  f"possible ratio here is {hf_s / (stats['prefill_s'] + steps * floor_s):.1f}x", flush=True)
 
 
 if __name__ == "__main__":
