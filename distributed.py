@@ -8,23 +8,25 @@ import torch
 import torch.distributed as dist
 
 
-def dist_init():
-    """-> (rank, world, device, is_dist). Reads torchrun's environment; single process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+def dist_init(device: str = "auto"):
+    """-> (rank, world, device, is_dist). Reads torchrun's environment; single process otherwise.
+
+    device: 'auto' = cuda:LOCAL_RANK when CUDA is available, else cpu; or an explicit device ('cpu', 'cuda:1')."""
+    world, local_rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     if world == 1:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu"), False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
-    rank = dist.get_rank()
-    device = torch.device("cpu")
-    if backend == "nccl":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return 0, 1, device, False
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    return rank, world, device, True
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device, True
 
 
 def dist_cleanup(is_dist):
-    if is_dist:
+    if is_dist:  # barrier first: no rank tears its group down while another still has work in flight with it
+        dist.barrier()
         dist.destroy_process_group()
 
 

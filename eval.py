@@ -61,8 +61,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from cli import add_dataclass_args, dataclass_from_args
+from distributed import dist_cleanup, dist_init
 from model import load_model
-from curriculum import PromptConfig, build_prompt, load_problems, stop_strings
+from problems import PromptConfig, build_prompt, load_problems, stop_strings
 from reward import extract_answer, is_equiv
 from rollout import EngineConfig, SamplingParams, generate
 
@@ -84,7 +85,7 @@ class EvalConfig:
     top_p: float = 1.0  # nucleus sampling threshold (1.0 = off)
     top_k: int = 0  # sample among the k most likely tokens (0 = off)
     max_new_tokens: int = 512  # response length limit (32768 in the papers; small so CPU runs end)
-    template: str = "auto"  # prompt template (curriculum.PromptConfig): auto = the tokenizer's chat template if any
+    template: str = "auto"  # prompt template (problems.PromptConfig): auto = the tokenizer's chat template if any
     answer_fallbacks: bool = False  # also accept "the answer is X" when a response has no \boxed{}
     equiv_timeout: float = 1.0  # seconds allowed per sympy equivalence check
     seed: int = 0  # base seed; chunk seed = sha256(seed, benchmark, problem ids)
@@ -203,7 +204,7 @@ def load_benchmarks(spec: str, limit: Optional[int] = None) -> dict:
         key = name if name in BENCHMARK_FILES else os.path.splitext(os.path.basename(path))[0]
         problems = load_problems(path, verbose=False)[:limit]
         multi = multiple_answer_ids(path)
-        for problem in problems:  # curriculum's Problem does not carry the flag; eval reads it from the row
+        for problem in problems:  # a Problem (problems.py) does not carry the flag; eval reads it from the row
             problem.multiple_answers = str(problem.id) in multi
         problems_by_benchmark[key] = problems
     return problems_by_benchmark
@@ -250,7 +251,7 @@ def make_chunks(problems_by_benchmark: dict, k_by_benchmark: dict, problems_per_
 # ----------------------------------------------------------------------------- sampling and scoring
 
 def make_sampler(model, tokenizer, cfg: EvalConfig) -> SampleFn:
-    """The default sample_fn: prompts by curriculum.build_prompt, k samples each by rollout.generate."""
+    """The default sample_fn: prompts by problems.build_prompt, k samples each by rollout.generate."""
     if tokenizer is None:
         raise ValueError(f"{getattr(model, 'name_or_path', 'model')}: no tokenizer files; eval needs a tokenizer")
     prompt_cfg = PromptConfig(template=cfg.template)
@@ -436,32 +437,14 @@ def format_table(results: dict) -> str:
 
 # ----------------------------------------------------------------------------- command line
 
-def dist_init(device: str):
-    """Read the torchrun environment -> (rank, world_size, device); process group only when WORLD_SIZE > 1."""
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if device == "auto":
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    if world_size > 1:
-        if device.startswith("cuda"):
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return rank, world_size, device
-
-
-def dist_cleanup(world_size: int):
-    if world_size > 1:
-        dist.destroy_process_group()
-
-
 def run(cfg: EvalConfig) -> dict:
     problems_by_benchmark = load_benchmarks(cfg.benchmarks, cfg.limit)  # input errors show before the model loads
     parse_k(cfg.k, list(problems_by_benchmark))
-    rank, world_size, device = dist_init(cfg.device)
+    rank, world_size, device, is_dist = dist_init(cfg.device)
     try:
         if rank == 0:
             print(json.dumps(dataclasses.asdict(cfg)), flush=True)
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         model, tokenizer = load_model(cfg.model, device=device, dtype=dtype)
         start = time.time()
         results = evaluate(make_sampler(model, tokenizer, cfg), problems_by_benchmark, cfg, cfg.out_dir, rank, world_size)
@@ -473,7 +456,7 @@ def run(cfg: EvalConfig) -> dict:
                   f"results in {os.path.join(cfg.out_dir, 'results.json')}")
         return results
     finally:
-        dist_cleanup(world_size)
+        dist_cleanup(is_dist)
 
 
 def main(argv=None):

@@ -31,7 +31,7 @@ PANELS = [  # (title, [(metric, label)])
     ("token entropy", [("planning_entropy", "planning"), ("execution_entropy", "execution")]),
     ("relative perplexity", [("planning_rel_ppl", "planning"), ("execution_rel_ppl", "execution")]),
     ("clip fraction", [("clip_frac_low", "low"), ("clip_frac_high", "high")]),
-    ("curriculum level", [("level", "level")]),
+    ("curriculum level", [("level", "level index (0 = L1)")]),
 ]
 
 

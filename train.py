@@ -39,7 +39,8 @@ from distributed import all_sum, dist_cleanup, dist_init, full_state_dict, max_o
 import model as M
 import eval as evaluation
 from cli import add_dataclass_args, dataclass_from_args
-from curriculum import Curriculum, PromptConfig, build_prompt, collect_groups, load_problems, make_schedule, stop_strings
+from curriculum import Curriculum, collect_groups, make_schedule
+from problems import PromptConfig, build_prompt, load_problems, stop_strings
 from plot import open_metrics, plot_run, update_metrics, write_rollouts
 from loss import LossConfig, amplify_mask, group_advantages, hicra_advantages, policy_loss, token_advantages
 from reward import RewardConfig, score_batch
@@ -52,7 +53,7 @@ ALGORITHMS = {
     "hicra": dict(agg="token-mean", dynamic_sampling=True, overlong_buffer=-1, hicra_alpha=0.2),
 }
 PRESETS = {  # hardware presets: values of fields left unset on the command line
-    "cpu": dict(lr=2e-5, group_size=8, prompts_per_step=4, max_new_tokens=32, total_steps=16, data="arith",
+    "cpu": dict(lr=2e-5, group_size=8, prompts_per_step=4, max_new_tokens=32, total_steps=48, data="arith",
                 curriculum="adaptive", micro_batch_tokens=4096, save_every=4, eval_every=0, share_prompt=True),
     "gpu": dict(lr=1e-6, group_size=16, prompts_per_step=32, max_new_tokens=8192, total_steps=1000, data="gsm8k_train",
                 curriculum="none", micro_batch_tokens=32768, save_every=50, eval_every=50, share_prompt=False),
@@ -421,23 +422,24 @@ def train(cfg, rank, world, device, is_dist, is_master):
 
         # ---------------------------------------------------------- log
         if is_master:
-            n = max(sample_sums[5], 1)
-            row = dict(step=step + 1, level=level_index, level_name=level.name, max_len=max_len,
-                       pass_rate=pass_rate, reward=sample_sums[0] / n, accuracy=sample_sums[1] / n, boxed_rate=sample_sums[2] / n,
-                       response_len=sample_sums[3] / n, response_len_max=max((len(s.token_ids) for s in samples), default=0),
-                       truncated_frac=sample_sums[4] / n, reward_timeouts=sum(r.timed_out for r in results),
+            row = dict(step=step + 1, level=level_index, level_name=level.name, max_len=max_len, pass_rate=pass_rate,
+                       response_len_max=max((len(s.token_ids) for s in samples), default=0),
+                       reward_timeouts=sum(r.timed_out for r in results),
                        zero_variance_frac=ds_stats.get("dropped_fraction", 0.0), sampling_rounds=rollout_stats["rounds"],
                        grad_norm=update["grad_norm"], skipped_updates=update["skipped"], level_changed=level_changed,
-                       rollout_tok_s=rollout_stats["generated_tokens"] / rollout_s,
-                       train_tok_s=ppo_epochs * sum(len(p) + len(r) for p, r in batch.seqs) / update_s,
-                       rollout_s=rollout_s, update_s=update_s)
+                       rollout_tok_s=rollout_stats["generated_tokens"] / rollout_s, rollout_s=rollout_s, update_s=update_s)
+            n = sample_sums[5]  # responses in the trained groups; 0 when dynamic sampling kept none: no means to log
+            if n:
+                row.update(reward=sample_sums[0] / n, accuracy=sample_sums[1] / n, boxed_rate=sample_sums[2] / n,
+                           response_len=sample_sums[3] / n, truncated_frac=sample_sums[4] / n,
+                           train_tok_s=ppo_epochs * sum(len(p) + len(r) for p, r in batch.seqs) / update_s)
             row.update(update_metrics(update["loss_stats"], update["token_stats"], initial_ppl))
             row["semantic_entropy"] = semantic_entropy(masker.matched_grams(texts)) + 0.0  # no "-0"
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
-            bar.set_postfix(reward=f"{row['reward']:.2f}", pass_rate=f"{pass_rate:.2f}", level=level_index)
+            bar.set_postfix(reward=f"{row.get('reward', float('nan')):.2f}", pass_rate=f"{pass_rate:.2f}", level=level.name)
             tqdm.write(" ".join(f"{k}={row[k]:.3g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in
-                                ("step", "level", "pass_rate", "reward", "accuracy", "boxed_rate", "response_len", "clip_frac_high",
+                                ("step", "level_name", "pass_rate", "reward", "accuracy", "boxed_rate", "response_len", "clip_frac_high",
                                  "semantic_entropy", "planning_token_ratio", "rollout_tok_s", "train_tok_s") if k in row))
             if cfg.log_rollouts_every and step % cfg.log_rollouts_every == 0:
                 write_rollouts(cfg.out_dir, step + 1, groups, masker, tokenizer)

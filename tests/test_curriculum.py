@@ -1,9 +1,6 @@
-"""curriculum.py: loading and its errors, arithmetic data, prompts, schedules, adaptive rule, dynamic
-sampling, resume and rank sharding. Every expected value is written out by hand or recomputed here
-independently (row counts from the raw files, answers by a separate evaluator, steps by arithmetic)."""
+"""curriculum.py: schedules, adaptive rule, dynamic sampling, resume and rank sharding. Every expected value
+is written out by hand or recomputed here independently (steps by arithmetic)."""
 import json
-import operator
-import os
 import re
 import warnings
 from types import SimpleNamespace
@@ -11,163 +8,14 @@ from types import SimpleNamespace
 import pytest
 
 import curriculum as C  # tests/conftest.py puts the repository root on sys.path
-from curriculum import Curriculum, Problem, PromptConfig
-
-DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
-BENCHMARKS = ["aime24", "aime25", "amc23", "gsm8k_test", "gsm8k_train", "math500", "minerva", "olympiadbench"]
+import problems as P
+from curriculum import Curriculum
+from problems import Problem
 
 
 def write(path, text):
     path.write_text(text)
     return str(path)
-
-
-# ----------------------------------------------------------------------------- loading
-@pytest.mark.parametrize("name", BENCHMARKS)
-def test_every_benchmark_loads_with_its_ids_answers_and_difficulty(name):
-    with open(os.path.join(DATA_DIR, f"{name}.jsonl")) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    problems = C.load_problems(name, verbose=False)
-    assert len(problems) == len(rows)  # no row of the shipped data may be dropped
-    assert [p.id for p in problems] == [str(r["id"]) for r in rows]
-    assert [p.answer for p in problems] == [r["answer"].strip() for r in rows]
-    assert all(p.source == name and p.problem for p in problems)
-    if name == "math500":  # level 1..5 -> (level - 1) / 4
-        assert [p.difficulty for p in problems] == [(r["level"] - 1) / 4 for r in rows]
-    else:
-        expected = {"aime": 0.9, "amc": 0.7, "gsm8k": 0.1, "minerva": 0.6, "olympiad": 0.8}
-        assert {p.difficulty for p in problems} == {next(v for k, v in expected.items() if name.startswith(k))}
-
-
-def test_copied_instruction_is_stripped_from_aime25():
-    first = C.load_problems("aime25", verbose=False)[0]
-    assert first.problem == "Find the sum of all integer bases $b>9$ for which $17_b$ is a divisor of $97_b.$"
-
-
-def test_parquet_json_and_named_sources_with_field_mapping(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-    table = pa.Table.from_pylist([
-        {"idx": 7, "question": "What is 2 + 2?", "final_answer": 4, "difficulty": 0.3, "prompt": None, "reward_model": None},
-        {"idx": 8, "question": None, "final_answer": None, "difficulty": None,
-         "prompt": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "Name 5."}],
-         "reward_model": {"ground_truth": "5"}},
-    ])
-    pq.write_table(table, tmp_path / "mine.parquet")
-    json_path = write(tmp_path / "extra.json", json.dumps([
-        {"problem_id": "j1", "prompt": "Solve.", "solution": "so \\boxed{\\frac{1}{2}} done", "level": "Level 5"},
-        {"problem_id": "j2", "prompt": "GSM.", "answer": "2 + 2 = 4 #### 1,234"},
-    ]))
-    problems = C.load_problems(f"named:{tmp_path / 'mine.parquet'},{json_path}", verbose=False)
-    assert [(p.id, p.problem, p.answer, p.difficulty, p.source) for p in problems] == [
-        ("7", "What is 2 + 2?", "4", 0.3, "named"), ("8", "Name 5.", "5", None, "named"),
-        ("j1", "Solve.", "\\frac{1}{2}", 1.0, "extra"), ("j2", "GSM.", "1234", None, "extra")]
-
-
-def test_bad_rows_are_named_by_file_line_and_id(tmp_path, capsys):
-    good = '{"id": "g%d", "problem": "p", "answer": "1"}\n'
-    path = write(tmp_path / "d.jsonl", good % 1 + '{"id": "m1", "problem": "p"}\n' + good % 2 + "{not json\n"
-                 + good % 3 + '{"id": "u1", "problem": "p", "answer": "\\\\frac{1}{"}\n' + good % 4)
-    problems = C.load_problems(path)
-    assert [p.id for p in problems] == ["g1", "g2", "g3", "g4"]
-    out = capsys.readouterr().out
-    assert re.search(r"skipped .*d\.jsonl line 2: id m1: no answer", out)
-    assert re.search(r"skipped .*d\.jsonl line 4: bad JSON", out)
-    assert re.search(r"skipped .*d\.jsonl line 6: id u1: unusable gold", out)
-    with pytest.raises(ValueError, match=r"d\.jsonl line 2: id m1: no answer"):
-        C.load_problems(path, strict=True)
-
-
-@pytest.mark.parametrize("rows, message", [
-    ('{"id": "a", "answer": "1"}\n', r"line 1: id a: no problem text"),
-    ('{"id": "a", "problem": "p", "answer": "1"}\n[1, 2\n{"id": "b"}\n', r"2 of 3 rows unusable.*line 2: bad JSON"),
-    ('{"id": "a", "problem": "p", "answer": ""}\n', r"line 1: id a: unusable gold"),
-    ('{"id": "a", "problem": "p", "answer": "1", "difficulty": 3}\n', r"line 1: id a: difficulty 3 is not a number in \[0, 1\]"),
-    ("\n", r"0 of 0 rows unusable.*empty"),
-])
-def test_a_file_of_mostly_bad_rows_is_refused(tmp_path, rows, message):
-    path = write(tmp_path / "bad.jsonl", rows)
-    with pytest.raises(ValueError, match=r"bad\.jsonl.*" + message):
-        C.load_problems(path, verbose=False)
-
-
-def test_spec_errors(tmp_path):
-    with pytest.raises(ValueError, match=r"no_such_bench.*benchmarks: aime24, .*math500.*arith"):
-        C.load_problems("no_such_bench")
-    with pytest.raises(ValueError, match=r"missing\.jsonl: no such file"):
-        C.load_problems(str(tmp_path / "missing.jsonl"))
-    with pytest.raises(ValueError, match=r"ids must be unique .*\[\('x', 2\)\]"):
-        row = '{"id": "x", "problem": "p", "answer": "1"}\n'
-        C.load_problems([write(tmp_path / "a.jsonl", row), write(tmp_path / "b.jsonl", row)], verbose=False)
-    with pytest.raises(ValueError, match=r"expected a JSON list"):
-        C.load_problems(write(tmp_path / "o.json", "{}"))
-
-
-# ----------------------------------------------------------------------------- arithmetic
-OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
-
-
-def evaluate(text):
-    """Independent evaluator: numbers and + - * with precedence and one level of parentheses."""
-    text = re.sub(r"\((\d+) ([-+*]) (\d+)\)", lambda m: str(OPS[m[2]](int(m[1]), int(m[3]))), text)
-    tokens = text.split()
-    while "*" in tokens:
-        i = tokens.index("*")
-        tokens[i - 1:i + 2] = [str(int(tokens[i - 1]) * int(tokens[i + 1]))]
-    value = int(tokens[0])
-    for op, number in zip(tokens[1::2], tokens[2::2]):
-        value = OPS[op](value, int(number))
-    return value
-
-
-@pytest.mark.parametrize("level, pattern, operand_range", [
-    (1, r"(\d+) \+ (\d+)", (1, 9)), (2, r"(\d+) \+ (\d+)", (10, 99)), (3, r"(\d+) \* (\d+)", (1, 9)),
-    (4, r"(\d+) - (\d+)", (10, 99)), (5, r"\(?(\d+) [-+*] (\d+)\)? [-+*] (\d+)", (1, 9))])
-def test_arithmetic_levels_have_exact_integer_answers(level, pattern, operand_range):
-    problems = C.arithmetic_problems(level, 60, seed=3)
-    assert problems == C.arithmetic_problems(level, 60, seed=3) != C.arithmetic_problems(level, 60, seed=4)
-    for p in problems:
-        match = re.fullmatch(f"What is {pattern}\\?", p.problem)
-        assert match, p.problem
-        operands = [int(x) for x in match.groups()]
-        assert all(operand_range[0] <= x <= operand_range[1] for x in operands)
-        assert int(p.answer) == evaluate(p.problem[8:-1]) and p.answer == str(int(p.answer))
-        assert p.difficulty == (level - 1) / 4 and p.source == "arith"
-        if level == 4:
-            assert operands[0] >= operands[1]
-    if level == 5:
-        assert len({re.sub(r"\d+", "n", p.problem) for p in problems}) == 3  # all three shapes occur
-    assert evaluate("(3 + 4) * 5") == 35 and evaluate("3 + 4 * 5") == 23 and evaluate("3 * 4 - 5") == 7
-
-
-# ----------------------------------------------------------------------------- prompts
-class ChatTokenizer:
-    chat_template = "{{ messages }}"
-
-    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
-        assert tokenize is False and add_generation_prompt is True
-        return "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages) + "<assistant>"
-
-
-def test_prompt_templates():
-    arith = Problem("a", "What is 2 + 3?", "5", 0.0, "arith")
-    math = Problem("m", "Find x.", "2", 0.5, "math500")
-    suffix = "Let's think step by step and output the final answer within \\boxed{}."
-    fewshot = ("Question: What is 3 + 5?\nAnswer: 3 + 5 = 8. The answer is \\boxed{8}.\n\n"
-               "Question: What is 6 * 2?\nAnswer: 6 * 2 = 12. The answer is \\boxed{12}.\n\n"
-               "Question: What is 2 + 3?\nAnswer:")
-    auto = PromptConfig()
-    assert C.build_prompt(arith, ChatTokenizer(), auto) == fewshot  # the data set's own template wins
-    assert C.build_prompt(math, ChatTokenizer(), auto) == f"<user>Find x. {suffix}</user><assistant>"
-    assert C.build_prompt(math, SimpleNamespace(chat_template=None), auto) == f"Find x. {suffix}\n"
-    assert C.build_prompt(arith, ChatTokenizer(), PromptConfig(template="plain", suffix="")) == "What is 2 + 3?\n"
-    assert C.build_prompt(math, None, PromptConfig(template="fewshot")).endswith("Question: Find x.\nAnswer:")
-    assert C.stop_strings(auto, [arith, math]) == ["\n\nQuestion"]
-    assert C.stop_strings(auto, [math]) == [] and C.stop_strings(PromptConfig(template="chat"), [arith]) == []
-    with pytest.raises(ValueError, match="no chat template"):
-        C.build_prompt(math, SimpleNamespace(chat_template=None), PromptConfig(template="chat"))
-    with pytest.raises(ValueError, match="prompt template 'fancy' unknown"):
-        C.build_prompt(math, None, PromptConfig(template="fancy"))
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -230,7 +78,7 @@ def test_overrides_file(tmp_path):
 
 # ----------------------------------------------------------------------------- adaptive rule
 def adaptive(seed=0, p_min=3, p_max=3, overrides=None, per_level=10):
-    problems = [p for level in range(1, 6) for p in C.arithmetic_problems(level, per_level, 0)]
+    problems = [p for level in range(1, 6) for p in P.arithmetic_problems(level, per_level, 0)]
     return Curriculum(problems, C.make_schedule("adaptive", 100, 64, 2, 2, overrides), "adaptive", seed,
                       p_min=p_min, p_max=p_max)
 
@@ -261,7 +109,7 @@ def test_adaptive_step_cap(tmp_path):
 
 
 def test_fixed_schedule_horizons_and_finished():
-    problems = [p for level in range(1, 6) for p in C.arithmetic_problems(level, 10, 0)]
+    problems = [p for level in range(1, 6) for p in P.arithmetic_problems(level, 10, 0)]
     cur = Curriculum(problems, C.make_schedule("hgrpo1", 16, 32, 8, 2), "hgrpo1", seed=0)
     changes = [step for step in range(1, 17) if cur.end_step(0.0)]
     assert changes == [8, 12, 14] and cur.level_index == 3 and cur.finished
@@ -333,7 +181,7 @@ def run(cur, steps, pass_rates, log):
 
 @pytest.mark.parametrize("schedule", ["hgrpo1", "adaptive"])
 def test_resume_continues_the_exact_sequence_across_epoch_and_level_boundaries(schedule):
-    problems = [p for level in range(1, 6) for p in C.arithmetic_problems(level, 5, 0)]
+    problems = [p for level in range(1, 6) for p in P.arithmetic_problems(level, 5, 0)]
 
     def fresh():
         levels = C.make_schedule(schedule, 12, 64, 2, 4)
@@ -357,7 +205,7 @@ def test_resume_continues_the_exact_sequence_across_epoch_and_level_boundaries(s
 
 
 def test_two_ranks_see_disjoint_prompts_whose_union_is_the_single_process_batch():
-    problems = [p for level in range(1, 6) for p in C.arithmetic_problems(level, 12, 0)]
+    problems = [p for level in range(1, 6) for p in P.arithmetic_problems(level, 12, 0)]
     levels = C.make_schedule("hgrpo1", 12, 64, 2, 6)
     single, ranks = Curriculum(problems, levels, "hgrpo1", 1), [Curriculum(problems, levels, "hgrpo1", 1, r, 2)
                                                                for r in range(2)]
@@ -367,22 +215,3 @@ def test_two_ranks_see_disjoint_prompts_whose_union_is_the_single_process_batch(
         assert both[0] + both[1] == single.next_prompts(6)
         assert {c.end_step(0.5) for c in ranks} == {single.end_step(0.5)}
     assert single.level_index == 3
-
-
-def test_estimate_difficulty_is_cached_by_id(tmp_path):
-    problems = [Problem(f"p{i}", "q", "1", None, "s") for i in range(3)]
-    calls = []
-
-    def pass_rate(batch, k):
-        calls.append(([p.id for p in batch], k))
-        return [{"p0": 1.0, "p1": 0.25, "p2": 0.0, "p3": 0.5}[p.id] for p in batch]
-    cache = str(tmp_path / "difficulty.json")
-    assert [p.difficulty for p in C.estimate_difficulty(problems, pass_rate, 4, cache)] == [0.0, 0.75, 1.0]
-    more = problems + [Problem("p3", "q", "1", 0.2, "s")]
-    assert [p.difficulty for p in C.estimate_difficulty(more, pass_rate, 4, cache)] == [0.0, 0.75, 1.0, 0.5]
-    assert calls == [(["p0", "p1", "p2"], 4), (["p3"], 4)]  # the second call only samples the new problem
-    C.estimate_difficulty(more, pass_rate, 8, cache)
-    assert calls[-1] == (["p0", "p1", "p2", "p3"], 8)  # another k is estimated again
-    assert json.loads(open(cache).read()) == {"k": 8, "difficulty": {"p0": 0.0, "p1": 0.75, "p2": 1.0, "p3": 0.5}}
-    with pytest.raises(ValueError, match="gave 1 rates for 3 problems"):
-        C.estimate_difficulty(problems, lambda batch, k: [0.5], 2, None)

@@ -222,7 +222,7 @@ def test_two_ranks_give_the_same_results_as_one(tmp_path):
 # ----------------------------------------------------------------------------- the real pipeline
 
 def test_cli_end_to_end_on_a_tiny_random_model(tmp_path, tiny_checkpoint, default_model_path, capsys):
-    """model.py + rollout.py + reward.py + curriculum.py through eval.main, with the default's tokenizer."""
+    """model.py + rollout.py + reward.py + problems.py through eval.main, with the default's tokenizer."""
     folder = tiny_checkpoint(vocab_size=49152, tie=True)
     for name in os.listdir(default_model_path):
         if name.startswith("tokenizer") or name.endswith(".jinja") or name == "special_tokens_map.json":

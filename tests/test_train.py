@@ -141,3 +141,36 @@ def test_shared_prompt_packing_equals_separate_sequences(tiny_checkpoint):
         assert torch.allclose(logp[b, :len(lp)], lp, atol=1e-5) and torch.allclose(ent[b, :len(en)], en, atol=1e-5)
     for g, r in zip(grads, ref_grads):
         assert torch.allclose(g, r, atol=1e-5)
+
+
+def test_rollout_out_of_memory_retries_with_half_the_slots(monkeypatch, capsys):
+    """A CUDA OOM in the sampler halves max_num_seqs and retries (and says so); at one slot it gives up."""
+    tried = []
+
+    def fake_generate(model, prompts, params, engine, tokenizer):
+        tried.append(engine.max_num_seqs)
+        if engine.max_num_seqs > 8:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return "samples", "stats"
+
+    monkeypatch.setattr(train, "generate", fake_generate)
+    cfg = train.TrainConfig(max_num_seqs=64)
+    assert train.sample_with_retry(None, [[1]], None, cfg, None) == ("samples", "stats")
+    assert tried == [64, 32, 16, 8] and cfg.max_num_seqs == 8
+    assert "retrying with --max-num-seqs 8" in capsys.readouterr().err
+
+    monkeypatch.setattr(train, "generate", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("simulated")))
+    cfg = train.TrainConfig(max_num_seqs=2)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        train.sample_with_retry(None, [[1]], None, cfg, None)
+    assert cfg.max_num_seqs == 1
+
+
+def test_step_with_no_trainable_group_logs_no_means(tmp_path, tiny_chat_model):
+    """A random model never earns a reward, so dynamic sampling keeps no group: the step must say so (no reward,
+    accuracy or boxed rate averaged over zero responses, which would read as 0.0) and the run goes on."""
+    rows = run_train(tmp_path, tiny_chat_model, "--total-steps", "1", "--curriculum", "none", "--max-sampling-rounds", "0")
+    step = [r for r in rows if r.get("step") == 1][-1]
+    assert step["zero_variance_frac"] == 1.0 and step["pass_rate"] == 0.0
+    for key in ("reward", "accuracy", "boxed_rate", "response_len", "train_tok_s"):
+        assert key not in step, key

@@ -1,0 +1,252 @@
+"""The problems themselves: loading and validating them, their difficulty, and the prompts built from them.
+
+Data: `load_problems("math500,gsm8k_train,mine:/x/y.parquet,arith")` reads .jsonl, .json (a list) and
+.parquet files, data/<name>.jsonl benchmarks and the built-in arithmetic levels (fields: *_FIELDS, else
+the last \\boxed{} of `solution`). Golds must pass reward.validate_gold; bad rows are skipped, each named
+by file, line and id, and a file of mostly bad rows is refused (strict=True: any). Deviation: a trailing
+"Please reason step by step, and put your final answer within \\boxed{}." (aime25) is stripped.
+
+Difficulty d in [0, 1] (0 = easiest), first match wins: a `difficulty` field; MATH `level` 1..5 ->
+(level - 1) / 4 (arithmetic levels likewise); the source (SOURCE_DIFFICULTY: gsm8k < math < minerva <
+amc < olympiad < aime); estimate_difficulty(): 1 - pass rate of k policy samples, cached by problem id.
+Problems with none of these have d = None (curriculum.py uses them at every level).
+
+Prompts (build_prompt, PromptConfig.template): auto takes the source's own template (SOURCE_TEMPLATES:
+arith -> fewshot), else chat if the tokenizer has a chat template, else plain.
+  chat     the tokenizer's chat template around "{problem} {suffix}" as one user turn (no system prompt of ours).
+  plain    "{problem} {suffix}\\n".
+  fewshot  FEWSHOT_PREFIX + "Question: {problem}\\nAnswer:", for base models; generation stops at
+           "\\n\\nQuestion" (TEMPLATE_STOPS, via stop_strings), where the model would invent the next question.
+
+Used by train.py (training data and prompts), eval.py (the benchmarks and their prompts) and curriculum.py
+(which orders the problems into levels). No command line of its own; to load data and count the problems
+of each level: python curriculum.py --show hgrpo1 --data math500,arith
+"""
+import json
+import os
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from reward import extract_answer, validate_gold
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+PROBLEM_FIELDS = ("problem", "question", "prompt")
+ANSWER_FIELDS = ("answer", "gold", "final_answer", "ground_truth")
+ID_FIELDS = ("id", "unique_id", "idx", "problem_id")
+DATA_FORMATS = (".jsonl", ".json", ".parquet")
+# Prefix of a source name -> difficulty, used when rows carry neither `difficulty` nor `level`.
+SOURCE_DIFFICULTY = {"gsm8k": 0.1, "math": 0.5, "minerva": 0.6, "amc": 0.7, "olympiad": 0.8, "aime": 0.9}
+COPIED_INSTRUCTION = re.compile(r"\s*Please reason step by step, and put your final answer within \\boxed\{\}\.?\s*$")
+# Prompt templates are data-set configuration: a source listed here gets this template under "auto".
+SOURCE_TEMPLATES = {"arith": "fewshot"}
+FEWSHOT_PREFIX = ("Question: What is 3 + 5?\nAnswer: 3 + 5 = 8. The answer is \\boxed{8}.\n\n"
+                  "Question: What is 6 * 2?\nAnswer: 6 * 2 = 12. The answer is \\boxed{12}.\n\n")
+TEMPLATE_STOPS = {"fewshot": ["\n\nQuestion"]}  # the few-shot model would go on to invent the next question
+TEMPLATES = ("auto", "chat", "plain", "fewshot")
+
+
+@dataclass
+class Problem:
+    id: str                   # unique over the loaded data; error messages and the difficulty cache use it
+    problem: str              # the question text, without an instruction suffix
+    answer: str               # gold final answer, accepted by reward.validate_gold
+    difficulty: float | None  # in [0, 1], 0 = easiest; None = unknown (used at every level)
+    source: str               # data source name: file stem, the "name:" of "name:path", or "arith"
+
+
+# ----------------------------------------------------------------------------- built-in arithmetic
+def arithmetic_problems(level: int, n: int, seed: int) -> list[Problem]:
+    """n seeded problems of one level: 1 a+b (1 digit), 2 a+b (2 digits), 3 a*b (1 digit),
+    4 a-b (2 digits, a >= b), 5 a+b*c / a*b-c / (a+b)*c (1 digit). Answers are exact integers."""
+    if level not in range(1, 6):
+        raise ValueError(f"arithmetic level {level} does not exist (levels are 1..5)")
+    rng, problems = random.Random(seed * 10 + level), []
+    for i in range(n):
+        a, b, c = (rng.randint(10, 99) if level in (2, 4) else rng.randint(1, 9) for _ in range(3))
+        text = {1: f"{a} + {b}", 2: f"{a} + {b}", 3: f"{a} * {b}", 4: f"{max(a, b)} - {min(a, b)}",
+                5: rng.choice([f"{a} + {b} * {c}", f"{a} * {b} - {c}", f"({a} + {b}) * {c}"])}[level]
+        answer = eval(text)  # safe: our own text of digits, + - * and parentheses
+        problems.append(Problem(f"arith-{level}-{i}", f"What is {text}?", str(answer), (level - 1) / 4, "arith"))
+    return problems
+
+
+# ----------------------------------------------------------------------------- loading
+def _read_rows(path: str):
+    """Yield (location, row or a one-line error) for each row of a .jsonl, .json (a list) or .parquet file."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file")
+    if path.endswith(".jsonl"):
+        with open(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield f"line {lineno}", json.loads(line)
+                    except json.JSONDecodeError as e:
+                        yield f"line {lineno}", f"bad JSON ({e.msg} at column {e.colno})"
+        return
+    if path.endswith(".parquet"):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ValueError(f"{path}: reading parquet needs pyarrow (pip install pyarrow), or convert it to .jsonl")
+        rows = pq.read_table(path).to_pylist()
+    elif path.endswith(".json"):
+        try:
+            rows = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: bad JSON at line {e.lineno}: {e.msg}")
+    else:
+        raise ValueError(f"{path}: unknown data format (expected .jsonl, .json or .parquet)")
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a JSON list of objects, got {type(rows).__name__}")
+    yield from ((f"item {i}", row) for i, row in enumerate(rows))
+
+
+def _row_difficulty(row: dict, source: str, row_id: str) -> float | None:
+    if (d := row.get("difficulty")) is not None:
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d <= 1:
+            raise ValueError(f"id {row_id}: difficulty {d!r} is not a number in [0, 1]")
+        return float(d)
+    if row.get("level") is not None:
+        match = re.fullmatch(r"(?:Level )?([1-5])", str(row["level"]).strip())
+        return (int(match.group(1)) - 1) / 4 if match else None  # MATH has a few "Level ?" rows: unknown
+    return next((d for prefix, d in SOURCE_DIFFICULTY.items() if source.lower().startswith(prefix)), None)
+
+
+def _parse_row(row, source: str, location: str) -> Problem:
+    """One row -> Problem, or ValueError with the reason (the caller adds file and line)."""
+    if not isinstance(row, dict):
+        raise ValueError(row if isinstance(row, str) else f"expected a JSON object, got {type(row).__name__}")
+    first = lambda names: next((row[name] for name in names if row.get(name) is not None), None)
+    row_id = str(first(ID_FIELDS)) if first(ID_FIELDS) is not None else f"{source}-{location.split()[-1]}"
+    problem = first(PROBLEM_FIELDS)
+    if isinstance(problem, list):  # chat messages (verl / DeepScaleR parquet): the last user turn
+        problem = next((m.get("content") for m in reversed(problem) if isinstance(m, dict) and m.get("role") == "user"),
+                       None)
+    if not isinstance(problem, str) or not problem.strip():
+        raise ValueError(f"id {row_id}: no problem text (fields tried: {', '.join(PROBLEM_FIELDS)})")
+    answer = first(ANSWER_FIELDS)
+    if answer is None and isinstance(row.get("reward_model"), dict):
+        answer = row["reward_model"].get("ground_truth")
+    if answer is None and isinstance(row.get("solution"), str):
+        answer = extract_answer(row["solution"])
+    if answer is None:
+        raise ValueError(f"id {row_id}: no answer (tried {', '.join(ANSWER_FIELDS)}, the last \\boxed{{}} of solution)")
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        answer = str(int(answer)) if float(answer).is_integer() else str(answer)
+    if not isinstance(answer, str):
+        raise ValueError(f"id {row_id}: answer {answer!r} is not text")
+    if "####" in answer:  # GSM8K's original format: reasoning, then "#### 1,234"
+        answer = answer.split("####")[-1].strip().replace(",", "")
+    if (reason := validate_gold(answer)) is not None:
+        raise ValueError(f"id {row_id}: unusable gold {answer!r}: {reason}")
+    return Problem(row_id, COPIED_INSTRUCTION.sub("", problem.strip()), answer.strip(),
+                   _row_difficulty(row, source, row_id), source)
+
+
+def _resolve(item: str, data_dir: str) -> tuple[str, str]:
+    """One spec item -> (source name, path)."""
+    name, sep, rest = item.partition(":")
+    if sep and re.fullmatch(r"\w[\w.-]*", name) and (os.path.exists(rest) or rest.endswith(DATA_FORMATS)):
+        return name, rest
+    if os.path.exists(item) or item.endswith(DATA_FORMATS):
+        return os.path.splitext(os.path.basename(item))[0], item
+    path = os.path.join(data_dir, f"{item}.jsonl")
+    if not os.path.isfile(path):
+        known = sorted(f[:-6] for f in os.listdir(data_dir) if f.endswith(".jsonl")) if os.path.isdir(data_dir) else []
+        raise ValueError(f"data '{item}': not a file, and no {path} (benchmarks: {', '.join(known + ['arith'])})")
+    return item, path
+
+
+def load_problems(spec: str | list[str], data_dir: str = DATA_DIR, arith_per_level: int = 200, seed: int = 0,
+                  strict: bool = False, verbose: bool = True) -> list[Problem]:
+    """Load and validate every source in `spec` (comma-separated string or list) into one list."""
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    if not items:
+        raise ValueError("no training data given (e.g. --data arith, --data math500, --data name:path.jsonl)")
+    problems = []
+    for item in items:
+        loaded, errors = [], []
+        if item == "arith":
+            loaded = [p for level in range(1, 6) for p in arithmetic_problems(level, arith_per_level, seed)]
+        else:
+            source, path = _resolve(item, data_dir)
+            for location, row in _read_rows(path):
+                try:
+                    loaded.append(_parse_row(row, source, location))
+                except ValueError as e:
+                    if strict:
+                        raise ValueError(f"{path} {location}: {e}")
+                    errors.append(f"{path} {location}: {e}")
+            if len(errors) > len(loaded) or not loaded:
+                raise ValueError(f"{path}: {len(errors)} of {len(errors) + len(loaded)} rows unusable, refusing the "
+                                 f"file; first: {errors[0] if errors else 'the file is empty'}")
+        for error in errors[:3]:  # printed even when not verbose: a skipped row changes what is trained or scored
+            print(f"problems: skipped {error}")
+        if verbose:
+            print(f"problems: {item}: {len(loaded)} problems, {len(errors)} rows skipped, "
+                  f"{sum(p.difficulty is not None for p in loaded)} with a difficulty")
+        problems += loaded
+    repeated = [(i, n) for i, n in Counter(p.id for p in problems).items() if n > 1]
+    if repeated:  # ids key the difficulty cache and name problems in errors and logs
+        raise ValueError(f"problem ids must be unique over the data given; repeated (id, times): {repeated[:5]}")
+    return problems
+
+
+def estimate_difficulty(problems: list[Problem], pass_rate_fn: Callable[[list[Problem], int], list[float]],
+                        k: int, cache_path: str | None = None) -> list[Problem]:
+    """difficulty = 1 - pass rate over k samples, pass_rate_fn(problems, k) -> one rate per problem.
+    Cached as {"k": k, "difficulty": {id: d}}; only problems missing from it are sampled. Call it on one
+    rank (or give each rank its share of problems) and broadcast: it does no communication."""
+    saved = json.loads(Path(cache_path).read_text()) if cache_path and os.path.isfile(cache_path) else {}
+    cache = saved["difficulty"] if saved.get("k") == k else {}  # a cache made with another k is redone
+    missing = [p for p in problems if p.id not in cache]
+    if missing:
+        rates = list(pass_rate_fn(missing, k))
+        if len(rates) != len(missing) or not all(0 <= r <= 1 for r in rates):
+            raise ValueError(f"pass_rate_fn gave {len(rates)} rates for {len(missing)} problems (each in [0, 1])")
+        cache.update({p.id: 1.0 - float(r) for p, r in zip(missing, rates)})
+        if cache_path:  # write then rename: a crash never leaves half a cache
+            Path(f"{cache_path}.tmp").write_text(json.dumps({"k": k, "difficulty": cache}))
+            os.replace(f"{cache_path}.tmp", cache_path)
+    return [replace(p, difficulty=cache[p.id]) for p in problems]
+
+
+# ----------------------------------------------------------------------------- prompts
+@dataclass
+class PromptConfig:
+    template: str = "auto"  # auto | chat | plain | fewshot; auto: the source's own (arith: fewshot), else chat if any, else plain
+    suffix: str = "Let's think step by step and output the final answer within \\boxed{}."  # appended by chat and plain
+
+
+def _template(problem: Problem, cfg: PromptConfig, tokenizer=None) -> str:
+    if cfg.template not in TEMPLATES:
+        raise ValueError(f"prompt template '{cfg.template}' unknown (choose from {', '.join(TEMPLATES)})")
+    if cfg.template != "auto":
+        return cfg.template
+    return SOURCE_TEMPLATES.get(problem.source) or ("chat" if getattr(tokenizer, "chat_template", None) else "plain")
+
+
+def build_prompt(problem: Problem, tokenizer, cfg: PromptConfig) -> str:
+    """chat: the tokenizer's template around problem + suffix (no system prompt of ours);
+    plain: "{problem} {suffix}\\n"; fewshot: FEWSHOT_PREFIX + "Question: {problem}\\nAnswer:"."""
+    template = _template(problem, cfg, tokenizer)
+    if template == "fewshot":
+        return f"{FEWSHOT_PREFIX}Question: {problem.problem}\nAnswer:"
+    text = f"{problem.problem} {cfg.suffix}".strip()
+    if template == "plain":
+        return text + "\n"
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("prompt template 'chat' asked for, but the tokenizer has no chat template (use plain)")
+    messages = [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def stop_strings(cfg: PromptConfig, problems: list[Problem]) -> list[str]:
+    """The stop strings the templates of these problems need (sorted, without repeats)."""
+    templates = {_template(p, cfg) for p in problems}  # chat and plain need none, so no tokenizer here
+    return sorted({s for t in templates for s in TEMPLATE_STOPS.get(t, [])})
