@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -228,6 +229,28 @@ class Transformer(nn.Module):
         unpack = lambda flat: flat.new_zeros(B, T, *flat.shape[1:]).masked_scatter(
             valid.view(B, T, *[1] * (flat.dim() - 1)), flat)
         return unpack(out) if targets is None else tuple(unpack(o) for o in out)
+
+
+@contextmanager
+def packed_cpu_linears(model: nn.Module, batch_hint: int):
+    """Inside the block, every nn.Linear of a CPU fp32 model runs through oneDNN with its weight reordered once
+    into oneDNN's blocked layout (torch.ops.mkldnn, what inductor's weight freezing uses). The same fp32 math
+    in another summation order: at decode sizes about 1.3x faster for the blocks and 2x for the lm_head than
+    F.linear (python rollout.py --bench). For inference only: the packed copies are taken on entry and
+    dropped on exit, so the weights must not change inside the block (no autograd through them either).
+    Anything else (CUDA, bf16, a torch without mkldnn) runs unchanged."""
+    weight = model.lm_head.weight
+    usable = (weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+              and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)] if usable else []
+    for m in linears:
+        packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), batch_hint)
+        m.forward = lambda x, m=m, packed=packed: torch.ops.mkldnn._linear_pointwise(x, packed, m.bias, "none", [], "")
+    try:
+        yield
+    finally:
+        for m in linears:
+            del m.forward  # back to nn.Linear.forward
 
 
 class ChunkedLogprobEntropy(torch.autograd.Function):

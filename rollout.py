@@ -25,7 +25,9 @@ with block tables on CUDA, SDPA scoring each page in place elsewhere). Pages com
 lazily as a row grows; a finished row returns its pages and its slot goes to the next waiting sample. If the
 pool runs dry mid-decode the youngest row is preempted: its pages are freed and it is requeued at the front;
 on re-admission prompt + its generated tokens are prefilled again and it continues (tokens and logprobs
-already produced are kept, and its next uniform is the same as without preemption).
+already produced are kept, and its next uniform is the same as without preemption). On CPU the whole call runs
+its linear layers through oneDNN with pre-packed weights (model.packed_cpu_linears: same fp32 math, 1.3-2x
+faster matmuls at decode sizes).
 
 Stops: a sampled token in stop_token_ids (plus the model's EOS unless ignore_eos: tokenizer.eos_token_id, or
 config.json's eos_token_id without a tokenizer) ends the row with reason "stop" and is KEPT as the last
@@ -379,7 +381,7 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, engine: En
         from tqdm import tqdm
         bar = tqdm(total=num_seqs, unit="seq", desc="rollout", dynamic_ncols=True)
     run = Engine(model, sequences, params, engine, tokenizer, budget // page_size, page_size, bar)
-    with torch.inference_mode():
+    with torch.inference_mode(), M.packed_cpu_linears(model, min(engine.max_num_seqs, num_seqs)):
         while run.waiting or run.active:
             start = time.perf_counter()
             admitted = run.admit()

@@ -66,6 +66,29 @@ def test_packed_equals_per_sequence(tiny_checkpoint):
     assert (packed - single).abs().max().item() < 1e-5
 
 
+def test_packed_cpu_linears_same_logits_and_restored(tiny_checkpoint):
+    """oneDNN pre-packed linears (qwen2: q/k/v biases) give the plain forward's logits, and on exit, even through
+    an exception, every layer is a plain nn.Linear again that follows later weight changes."""
+    ours, _ = M.load_model(tiny_checkpoint("qwen2"), tokenizer=False)
+    lengths = [5, 12, 1, 8]
+    ids, _ = random_batch(ours.cfg.vocab_size, lengths, seed=2)
+    flat = torch.cat([ids[b, :T] for b, T in enumerate(lengths)])
+    positions = torch.cat([torch.arange(T) for T in lengths])
+    run = lambda: ours(flat, positions, M.AttnMeta.packed(lengths, "cpu"))
+    with torch.inference_mode():
+        plain = run()
+        with M.packed_cpu_linears(ours, batch_hint=4):
+            packed = run()
+            assert any("forward" in vars(m) for m in ours.modules())  # the packed path really ran
+        with pytest.raises(RuntimeError), M.packed_cpu_linears(ours, batch_hint=4):
+            raise RuntimeError("interrupted rollout")
+    assert (packed - plain).abs().max().item() < 1e-4
+    assert not any("forward" in vars(m) for m in ours.modules())
+    with torch.no_grad():
+        ours.lm_head.weight.mul_(2.0)  # a later weight change shows: no stale packed copy is left in use
+        assert (run() - plain).abs().max().item() > 1e-3
+
+
 def test_paged_decode_equals_full_forward(tiny_checkpoint):
     """Prefill into scattered pages, then decode token by token: logits equal the full causal forward."""
     ours, _ = M.load_model(tiny_checkpoint("qwen2"), tokenizer=False)
