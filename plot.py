@@ -124,8 +124,12 @@ def plot_run(run_dir: str, out: str | None = None) -> str | None:
                 ax.axvline(r["step"], color="grey", linestyle=":", linewidth=1)
         ax.set_title(title)
         ax.set_xlabel("step")
+        if title == "relative perplexity":  # few planning tokens make it jump by orders of magnitude
+            ax.set_yscale("log")
         if len(series) > 1:
             ax.legend(fontsize=8)
+        else:
+            ax.set_ylabel(series[0][1])
     fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
     fig.tight_layout()
     out = out or os.path.join(run_dir, "dynamics.png")
