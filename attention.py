@@ -132,43 +132,52 @@ def _sdpa_masked(q, k, v, cu_seqlens, masks):
 def _sdpa_decode(q, k, v, k_pool, v_pool, meta: AttnMeta):
     """Decode on the paged pool without gathering K/V: write the new token at cache_seqlens, score each page
     in place (pages are the batch of a bmm, like flash-attn's paged kernel), then softmax over each row's
-    pages through the block table. Reading K/V once where they lie beats copying every row's pages into a
-    contiguous (B, S) tensor per layer, which cost as much as the attention itself."""
+    pages: a scatter-max of the page maxima per row, and scatter-adds of the pages' partial sums. Reading K/V
+    once where they lie beats copying every row's pages into a contiguous (B, S) tensor per layer, which
+    cost as much as the attention itself. Work is laid out per KV head (Hkv, pages, group, .) so each bmm
+    writes a contiguous block."""
     page_size, (B, H, D), Hkv = k_pool.shape[1], q.shape, k.shape[1]
     group = H // Hkv  # query heads per KV head (query head h reads KV head h // group, as in repeat_kv)
-    lens = meta.cache_seqlens.long()  # (B,)
-    new_slots = meta.block_table[torch.arange(B, device=q.device), lens // page_size].long() * page_size + lens % page_size
-    _write_slots(k_pool, v_pool, k, v, new_slots[:, None])
-    table, valid, owner, seen = _page_index(meta, page_size)  # (B, P), (B, P), (pages,), (pages, page_size)
+    new_slots, owner, page_rows, unseen = _page_index(meta, page_size)
+    k_pool.view(-1, Hkv, D).index_copy_(0, new_slots, k)
+    v_pool.view(-1, Hkv, D).index_copy_(0, new_slots, v)
     pages = len(owner)
-    qp = q[owner.clamp(max=B - 1)].view(pages, Hkv, group, D)  # each page's row's queries
-    scores = torch.stack([torch.bmm(qp[:, j], k_pool[:pages, :, j].transpose(1, 2)) for j in range(Hkv)], 1)
-    scores = scores.float().view(pages, H, page_size).mul_(D ** -0.5).masked_fill_(~seen[:, None], float("-inf"))
-    row_max = scores.amax(-1)[table].masked_fill_(~valid[..., None], float("-inf")).amax(1)  # (B, H)
-    row_max = torch.cat([row_max, row_max.new_zeros(1, H)])  # row B: pages no row reads
-    weights = torch.exp(scores - row_max[owner][..., None]).view(pages, Hkv, group, page_size)
-    partial = torch.stack([torch.bmm(weights[:, j].to(v_pool.dtype), v_pool[:pages, :, j]) for j in range(Hkv)], 1)
-    numer = torch.where(valid[..., None, None], partial.float().view(pages, H, D)[table], 0).sum(1)  # (B, H, D)
-    denom = torch.where(valid[..., None], weights.sum(-1).view(pages, H)[table], 0).sum(1)  # (B, H)
-    return (numer / denom[..., None]).to(q.dtype)
+    qp = q.index_select(0, page_rows).view(pages, Hkv, group, D)  # each page's row's queries
+    scores = q.new_empty(Hkv, pages, group, page_size)
+    for j in range(Hkv):  # scores = D^-0.5 q k^T (beta=0: the uninitialised input is ignored)
+        torch.baddbmm(scores[j], qp[:, j], k_pool[:pages, :, j].transpose(1, 2), beta=0, alpha=D ** -0.5, out=scores[j])
+    scores = scores.float().masked_fill_(unseen[:, None], float("-inf"))
+    page_max = scores.amax(-1)  # (Hkv, pages, group)
+    row_max = page_max.new_full((Hkv, B + 1, group), float("-inf")).scatter_reduce_(
+        1, owner[None, :, None].expand_as(page_max), page_max, "amax")  # row B: pages no row reads
+    weights = scores.sub_(row_max.index_select(1, owner)[..., None]).exp_().to(v_pool.dtype)
+    partial = v_pool.new_empty(Hkv, pages, group, D)
+    for j in range(Hkv):
+        torch.bmm(weights[j], v_pool[:pages, :, j], out=partial[j])
+    numer = page_max.new_zeros(Hkv, B + 1, group, D).index_add_(1, owner, partial.float())
+    denom = page_max.new_zeros(Hkv, B + 1, group).index_add_(1, owner, weights.float().sum(-1))
+    return (numer[:, :B] / denom[:, :B, :, None]).permute(1, 0, 2, 3).reshape(B, H, D).to(q.dtype)
 
 
 def _page_index(meta: AttnMeta, page_size: int):
-    """Per decode step (shared by all layers): the block table cut to the pages in use, which of its entries
-    hold keys, each pool page's row (B = none) and which of its slots that row sees (cache + the new token)."""
+    """Per decode step (shared by all layers): the flat slot of each row's new token, each pool page's row
+    (B = none), the row whose query it meets (a valid row for unused pages) and which of its slots that row
+    does not see (beyond cache + the new token)."""
     if meta.page_index is None:
-        lens = meta.cache_seqlens.long() + 1  # keys each row attends to
-        B, width = len(lens), -(-int(lens.max()) // page_size)
+        lens = meta.cache_seqlens.long()  # keys already cached per row
+        B, width = len(lens), -(-int(lens.max() + 1) // page_size)
+        rows = torch.arange(B, device=lens.device)
+        new_slots = meta.block_table[rows, lens // page_size].long() * page_size + lens % page_size  # (B,)
         table = meta.block_table[:, :width].long()  # (B, P)
         start = torch.arange(width, device=lens.device) * page_size  # (P,) first position of each column
-        valid = start[None, :] < lens[:, None]  # (B, P)
+        valid = start[None, :] <= lens[:, None]  # (B, P): the page holds a key the row reads
         used = table[valid]
         pages = int(used.max()) + 1  # the pool hands out low page ids first, so pages [0, pages) are mostly in use
         owner = torch.full((pages,), B, dtype=torch.long, device=lens.device)
-        owner[used] = torch.arange(B, device=lens.device)[:, None].expand(B, width)[valid]
+        owner[used] = rows[:, None].expand(B, width)[valid]
         first = torch.zeros(pages, dtype=torch.long, device=lens.device)
         first[used] = start.expand(B, width)[valid]
-        row_lens = torch.cat([lens, lens.new_zeros(1)])[owner]  # (pages,)
-        seen = first[:, None] + torch.arange(page_size, device=lens.device) < row_lens[:, None]  # (pages, page_size)
-        meta.page_index = (table, valid, owner, seen)
+        row_lens = torch.cat([lens + 1, lens.new_zeros(1)])[owner]  # (pages,) keys the owner attends to
+        unseen = first[:, None] + torch.arange(page_size, device=lens.device) >= row_lens[:, None]  # (pages, page_size)
+        meta.page_index = (new_slots, owner, owner.clamp(max=B - 1), unseen)
     return meta.page_index

@@ -11,8 +11,8 @@ the first epoch up to numerics. Greedy (T = 0) takes argmax z and reports log_so
 temperature-1 logits). The token itself is drawn from the filtered distribution
     p = softmax(z / T);  top-k keeps the k largest p (torch.topk breaks ties), renormalise;
     top-p keeps the smallest prefix of p sorted descending whose mass reaches top_p, renormalise
-(transformers' TopK-then-TopP order), by inverse CDF: token = first v with cumsum(p)_v > u * sum(p) (fp64, in
-two levels: 256-token block sums, then one block), where u = top 32 bits of splitmix64(key(seed, global
+(transformers' TopK-then-TopP order), by inverse CDF: token = first v with cumsum(p)_v > u * sum(p) (in two
+levels: 256-token block sums in fp32 accumulated in fp64, then one block in fp64), where u = top 32 bits of splitmix64(key(seed, global
 sample index i*n+j) xor t) / 2^32. u depends only on (seed, sample,
 position), never on batch composition, slots, preemption or a global RNG: a rerun reproduces every sample,
 and another schedule changes a sample only through the ~1e-6 logit noise of differently batched matmuls
@@ -133,12 +133,12 @@ def filtered_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top
 def inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor, block: int = 256) -> torch.Tensor:
     """First column whose cumulative weight exceeds u * total, i.e. a draw from weights / total. (B, K), (B,) -> (B,)
 
-    Two levels (block sums, then the chosen block), in fp64: one pass over the weights instead of a
-    vocabulary-wide cumsum. Rounding can only push the pick past the block's last positive weight, never
+    Two levels (fp32 block sums accumulated in fp64, then the chosen block in fp64): one pass over the
+    weights instead of a vocabulary-wide cumsum. Rounding can only push the pick past the block's last positive weight, never
     onto a zero-weight column: it is clamped there."""
     B, K = weights.shape
-    blocks = F.pad(weights, (0, -K % block)).view(B, -1, block)  # (B, nb, block)
-    block_cdf = blocks.sum(-1, dtype=torch.float64).cumsum(-1)  # (B, nb)
+    blocks = (F.pad(weights, (0, -K % block)) if K % block else weights).view(B, -1, block)  # (B, nb, block)
+    block_cdf = blocks.sum(-1).double().cumsum(-1)  # (B, nb)
     targets = uniforms.to(weights.device) * block_cdf[:, -1]  # (B,), strictly below the total
     chosen = torch.searchsorted(block_cdf, targets[:, None], right=True)[:, 0].clamp_(max=blocks.shape[1] - 1)  # (B,)
     mass_before = torch.where(chosen > 0, block_cdf.gather(-1, (chosen - 1).clamp(min=0)[:, None])[:, 0], 0.0)  # (B,)
