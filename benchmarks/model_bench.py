@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model as M  # noqa: E402
+from logprobs import chunked_logprobs_entropy  # noqa: E402
 
 
 def ours_step(ours, ids, lengths):
@@ -68,7 +69,7 @@ def peak_memory_child(mode: str, N: int, V: int, C: int):
     targets = torch.randint(0, V, (N,))
     before = vm_hwm()
     if mode == "chunked":
-        logp, ent = M.chunked_logprobs_entropy(hidden, weight, targets, chunk_size=512)
+        logp, ent = chunked_logprobs_entropy(hidden, weight, targets, chunk_size=512)
     else:
         logp_all = F.log_softmax((hidden @ weight.T).float(), -1)
         logp = logp_all.gather(-1, targets[:, None])[:, 0]

@@ -1,4 +1,5 @@
-"""model.py against transformers on the same weights, plus the packed/paged paths against full forwards."""
+"""model.py (and its attention.py / logprobs.py parts) against transformers on the same weights, plus the
+packed/paged paths against full forwards."""
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 import attention
 import model as M
 from conftest import ROOT
+from logprobs import chunked_logprobs_entropy
 
 FAMILIES = [  # (family, tie, config overrides): every feature the loader maps
     ("llama", True, {}),
@@ -119,7 +121,7 @@ def test_chunked_logprobs_match_log_softmax():
     hidden = torch.randn(N, C, requires_grad=True)
     weight = torch.randn(V, C, requires_grad=True)
     targets = torch.randint(0, V, (N,))
-    logp, ent = M.chunked_logprobs_entropy(hidden, weight, targets, temperature=T, chunk_size=8)
+    logp, ent = chunked_logprobs_entropy(hidden, weight, targets, temperature=T, chunk_size=8)
     ref_all = F.log_softmax((hidden @ weight.T) / T, dim=-1)
     ref_logp = ref_all[torch.arange(N), targets]
     ref_ent = -(ref_all.exp() * ref_all).sum(-1)

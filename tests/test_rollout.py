@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import model as M
 import rollout as R
+import sampling as S
 
 PAGE = R.EngineConfig(page_size=4)  # small pages: every row spans several, scattered through the pool
 
@@ -161,14 +162,13 @@ def brute_force_filtered(logits_row, temperature, top_k, top_p):
     (12, 2.0, 0, 0.01), (700, 0.3, 0, 0.9), (700, 0.3, 100, 0.5)])  # 700, flat: the candidate list must grow past 64
 def test_filtered_distribution_matches_brute_force(vocab, scale, top_k, top_p):
     logits = torch.randn(3, vocab, generator=torch.Generator().manual_seed(vocab + top_k)) * scale
-    params = R.SamplingParams(temperature=0.8, top_k=top_k, top_p=top_p)
     draws = 8192
     grid = (torch.arange(draws, dtype=torch.float64) + 0.5) / draws  # evenly spread uniforms: counts are exact
     for row in range(3):
         want = torch.tensor(brute_force_filtered(logits[row], 0.8, top_k, top_p))
-        got = R.filtered_probs(logits[row:row + 1], 0.8, top_k, top_p)[0]
+        got = S.filtered_probs(logits[row:row + 1], 0.8, top_k, top_p)[0]
         assert (got - want).abs().max().item() < 1e-6
-        tokens, _ = R.sample_tokens(logits[row:row + 1].expand(draws, vocab), params, grid)
+        tokens, _ = S.sample_tokens(logits[row:row + 1].expand(draws, vocab), 0.8, top_k, top_p, grid)
         counts = torch.bincount(tokens, minlength=vocab).double()
         assert (counts - draws * want).abs().max().item() <= 1.0 + 1e-6  # inverse CDF on a grid: off by < 1
         assert counts[want == 0].sum() == 0
