@@ -13,10 +13,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model as M  # noqa: E402
 import distributed  # noqa: E402
 import train  # noqa: E402
+import update  # noqa: E402
 from loss import LossConfig  # noqa: E402
 
 
-def fixed_batch(vocab: int, groups: int = 4, group_size: int = 4) -> train.Batch:
+def fixed_batch(vocab: int, groups: int = 4, group_size: int = 4) -> update.Batch:
     g = torch.Generator().manual_seed(0)
     seqs, old = [], []
     for _ in range(groups):
@@ -28,7 +29,7 @@ def fixed_batch(vocab: int, groups: int = 4, group_size: int = 4) -> train.Batch
     rewards = torch.randint(0, 2, (len(seqs),), generator=g).float()
     planning = torch.rand(len(seqs), 6, generator=g) < 0.3
     from loss import group_advantages
-    return train.Batch(seqs, old, group_advantages(rewards, group_size), planning)
+    return update.Batch(seqs, old, group_advantages(rewards, group_size), planning)
 
 
 def main(model_dir: str, out_path: str):
@@ -42,10 +43,10 @@ def main(model_dir: str, out_path: str):
     full = fixed_batch(policy.cfg.vocab_size if not is_dist else hf_config["vocab_size"])
     rows_per_rank = len(full.seqs) // world
     mine = slice(rank * rows_per_rank, (rank + 1) * rows_per_rank)
-    batch = train.Batch(full.seqs[mine], full.old_logprobs[mine], full.seq_advantages[mine], full.planning[mine])
+    batch = update.Batch(full.seqs[mine], full.old_logprobs[mine], full.seq_advantages[mine], full.planning[mine])
     cfg = train.resolve(train.TrainConfig(preset="cpu", algo="hicra", micro_batch_tokens=24))
     loss_cfg = LossConfig(eps_low=0.2, eps_high=0.28, agg="token-mean")
-    out = train.ppo_update(policy, optimizer, batch, cfg, loss_cfg, 1, 1e-2, world, is_dist, device)
+    out = update.ppo_update(policy, optimizer, batch, cfg, loss_cfg, 1, 1e-2, world, is_dist, device)
     loss = distributed.all_sum([float(out["loss"])], is_dist)[0]
     state = {k: v.clone() for k, v in distributed.full_state_dict(policy, is_dist).items()}
     if rank == 0:

@@ -11,6 +11,7 @@ import torch
 
 import model as M
 import train
+import update
 from conftest import ROOT
 
 EVERY_METRIC = ["reward", "accuracy", "boxed_rate", "response_len", "response_len_max", "truncated_frac",
@@ -124,7 +125,7 @@ def test_shared_prompt_packing_equals_separate_sequences(tiny_checkpoint):
     import torch.nn.functional as F
     policy, _ = M.load_model(tiny_checkpoint("qwen3"), tokenizer=False)
     prompt, responses, T = [5, 6, 7, 8, 9], [[10, 11, 12], [13], [14, 15]], 0.8
-    logp, ent, mask = train.policy_logprobs(policy, [(prompt, responses), ([20, 21], [[22, 23]])], T, "cpu")
+    logp, ent, mask = update.policy_logprobs(policy, [(prompt, responses), ([20, 21], [[22, 23]])], T, "cpu")
     grads = torch.autograd.grad((logp * mask).sum() + 0.1 * (ent * mask).sum(), list(policy.parameters()))
     ref_logp, ref_ent, ref_loss = [], [], 0.0
     for p, r in [(prompt, r) for r in responses] + [([20, 21], [22, 23])]:
