@@ -92,8 +92,10 @@ def _write_slots(k_pool, v_pool, k, v, slots):
     """Write k, v (N, H_kv, D) into flat slots (N, R) of the pools (each token to R replicas)."""
     replicas = slots.shape[1]
     flat = slots.reshape(-1)  # token-major, matching repeat_interleave below
-    k_pool.view(-1, *k.shape[1:]).index_copy_(0, flat, k.repeat_interleave(replicas, dim=0))
-    v_pool.view(-1, *v.shape[1:]).index_copy_(0, flat, v.repeat_interleave(replicas, dim=0))
+    if replicas > 1:
+        k, v = k.repeat_interleave(replicas, dim=0), v.repeat_interleave(replicas, dim=0)
+    k_pool.view(-1, *k.shape[1:]).index_copy_(0, flat, k)
+    v_pool.view(-1, *v.shape[1:]).index_copy_(0, flat, v)
 
 
 def _sdpa_packed(q, k, v, cu_seqlens):
@@ -139,8 +141,7 @@ def _sdpa_decode(q, k, v, k_pool, v_pool, meta: AttnMeta):
     page_size, (B, H, D), Hkv = k_pool.shape[1], q.shape, k.shape[1]
     group = H // Hkv  # query heads per KV head (query head h reads KV head h // group, as in repeat_kv)
     new_slots, owner, page_rows, unseen = _page_index(meta, page_size)
-    k_pool.view(-1, Hkv, D).index_copy_(0, new_slots, k)
-    v_pool.view(-1, Hkv, D).index_copy_(0, new_slots, v)
+    _write_slots(k_pool, v_pool, k, v, new_slots[:, None])
     pages = len(owner)
     qp = q.index_select(0, page_rows).view(pages, Hkv, group, D)  # each page's row's queries
     scores = q.new_empty(Hkv, pages, group, page_size)

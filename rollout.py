@@ -45,6 +45,7 @@ import torch
 import model as M
 from sampling import sample_tokens, splitmix64, uniform_draws
 
+
 @dataclass
 class SamplingParams:
     temperature: float = 1.0  # 0 = greedy
