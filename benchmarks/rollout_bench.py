@@ -10,7 +10,9 @@ decode time per step is (total - prefill) / (new_tokens - 1). KV memory: pages i
 batch x (longest prompt + new_tokens) a static cache would hold. The ceiling line times the decode step's
 linear layers and lm_head alone, with the kernels our sampler uses (model.packed_cpu_linears): transformers'
 time over (our prefill + steps x that floor) is the best ratio that faster attention or less bookkeeping
-could reach on this machine.
+could reach on this machine. The line also gives the rate those matmuls run at as a fraction of what the same
+kernels reach at 1024 rows (how much faster the linear layers could still get), and the ratio once every step also reads
+each row's K/V once at the measured memory read bandwidth (a floor for any attention kernel).
 """
 import argparse
 import json
@@ -25,6 +27,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import model as M  # noqa: E402
 from rollout import EngineConfig, SamplingParams, generate  # noqa: E402
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def run_bench(batches: list[int], new_tokens: int = 128, temperature: float = 1.0, reps: int = 1):
@@ -45,11 +53,13 @@ def run_bench(batches: list[int], new_tokens: int = 128, temperature: float = 1.
         assert out.shape[1] == width + count
         return time.perf_counter() - start
 
+    linears = [ours.lm_head] + [m for block in ours.layers for m in (
+        block.self_attn.q_proj, block.self_attn.k_proj, block.self_attn.v_proj, block.self_attn.o_proj,
+        block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj)]
+    matmul_params = sum(m.weight.numel() for m in linears)
+
     def matmul_floor(batch, reps=5):
         """Seconds per decode step of the work no sampler can skip: every linear layer and the lm_head at this batch."""
-        linears = [ours.lm_head] + [m for block in ours.layers for m in (
-            block.self_attn.q_proj, block.self_attn.k_proj, block.self_attn.v_proj, block.self_attn.o_proj,
-            block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj)]
         work = [(torch.randn(batch, m.in_features), m) for m in linears]
         with M.packed_cpu_linears(ours, batch):  # the linear kernels our sampler runs
             for x, m in work:  # warm-up
@@ -60,6 +70,13 @@ def run_bench(batches: list[int], new_tokens: int = 128, temperature: float = 1.
                     m(x)
             return (time.perf_counter() - start) / reps
 
+    def machine_peaks(rows=1024):
+        """(GFLOP/s of the same linear kernels at `rows` rows, GB/s of reading a large tensor): this machine at best."""
+        big = torch.randn(64 * 2**20)  # 256 MB: far larger than any cache
+        big.sum()  # warm-up
+        read_s = min(timed(big.sum) for _ in range(3))
+        return 2 * rows * matmul_params / matmul_floor(rows, reps=1) / 1e9, big.numel() * 4 / read_s / 1e9
+
     def ours_generate(prompts):
         start = time.perf_counter()
         samples, stats = generate(ours, prompts, params, EngineConfig(max_num_seqs=len(prompts)), tok)
@@ -69,6 +86,7 @@ def run_bench(batches: list[int], new_tokens: int = 128, temperature: float = 1.
     print(f"rollout bench: embedded default, CPU fp32, {torch.get_num_threads()} threads, gsm8k prompts, {new_tokens} new "
           f"tokens (EOS ignored), temperature {temperature}, median of {reps} interleaved run(s)")
     with torch.inference_mode():
+        peak_gflops, read_gbs = machine_peaks()
         warm = [tok.encode("Question: 1 + 1?\nAnswer:")] * 2
         generate(ours, warm, SamplingParams(max_new_tokens=4, ignore_eos=True))
         hf_generate(warm, 4)
@@ -86,8 +104,14 @@ def run_bench(batches: list[int], new_tokens: int = 128, temperature: float = 1.
                   f"{stats['decode_s'] / steps * 1e3:.0f} ms/step; KV peak {kv_mb:.0f} MB vs batch x max_len {static_mb:.0f} MB) | "
                   f"transformers {count / hf_s:5.1f} tok/s (prefill {hf_prefill_s:.1f} s, decode {(hf_s - hf_prefill_s) / steps * 1e3:.0f} "
                   f"ms/step) | {hf_s / ours_s:.1f}x", flush=True)
-            print(f"  ceiling: the decode matmuls alone take {floor_s * 1e3:.0f} ms/step, so with our prefill the best "
-                  f"possible ratio here is {hf_s / (stats['prefill_s'] + steps * floor_s):.1f}x", flush=True)
+            matmul_gflop = 2 * batch * matmul_params / 1e9
+            kv_gb = sum(len(p) + t for p in prompts for t in range(1, new_tokens)) * stats["kv_bytes_per_token"] / steps / 1e9
+            print(f"  ceiling: the decode matmuls alone take {floor_s * 1e3:.0f} ms/step ({matmul_gflop / floor_s:.0f} GFLOP/s "
+                  f"= {matmul_gflop / floor_s / peak_gflops:.0%} of the {peak_gflops:.0f} GFLOP/s they reach at 1024 rows), so "
+                  f"with our prefill the best possible ratio here is {hf_s / (stats['prefill_s'] + steps * floor_s):.1f}x; "
+                  f"adding the KV cache read once per step at the measured {read_gbs:.0f} GB/s ({kv_gb * 1e3:.0f} MB/step, "
+                  f"{kv_gb / read_gbs * 1e3:.0f} ms) makes it {hf_s / (stats['prefill_s'] + steps * (floor_s + kv_gb / read_gbs)):.1f}x",
+                  flush=True)
 
 
 if __name__ == "__main__":
