@@ -10,9 +10,9 @@ decode time per step is (total - prefill) / (new_tokens - 1). KV memory: pages i
 batch x (longest prompt + new_tokens) a static cache would hold. The ceiling line times the decode step's
 linear layers and lm_head alone, with the kernels our sampler uses (model.packed_cpu_linears): transformers'
 time over (our prefill + steps x that floor) is the best ratio that faster attention or less bookkeeping
-could reach on this machine. The line also gives the rate those matmuls run at as a fraction of what the same
-kernels reach at 1024 rows (how much faster the linear layers could still get), and the ratio once every step also reads
-each row's K/V once at the measured memory read bandwidth (a floor for any attention kernel).
+could reach on this machine. The line also gives the rate those matmuls run at as a fraction of what the
+same kernels reach at 1024 rows (how much faster the linear layers could still get), and the ratio once every
+step also reads each row's K/V once at the measured memory read bandwidth (a floor for any attention kernel).
 """
 import argparse
 import json
