@@ -301,6 +301,19 @@ def resolve_path(name_or_path: str | None) -> str:
     return name_or_path
 
 
+def read_hf_config(folder: str) -> dict:
+    """config.json of an HF folder as a dict; a file that is not a JSON object is named in the error."""
+    path = os.path.join(folder, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            hf_config = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the model config ({type(e).__name__}: {e})") from None
+    if not isinstance(hf_config, dict):
+        raise ValueError(f"{path}: expected a JSON object of config fields, got a JSON {type(hf_config).__name__}")
+    return hf_config
+
+
 def read_state_dict(folder: str) -> dict:
     """All tensors of the folder's *.safetensors (sharded index or not), names without `model.`."""
     from safetensors import safe_open
@@ -325,8 +338,7 @@ def load_model(name_or_path: str | None = None, device="cpu", dtype=torch.float3
     The tokenizer is None when not asked for or when the folder has no tokenizer files.
     """
     folder = resolve_path(name_or_path)
-    with open(os.path.join(folder, "config.json")) as f:
-        hf_config = json.load(f)
+    hf_config = read_hf_config(folder)
     cfg = ModelConfig.from_hf(hf_config, where=os.path.join(folder, "config.json"))
     tensors = read_state_dict(folder)
     with torch.device("meta"):

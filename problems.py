@@ -56,6 +56,7 @@ class Problem:
     answer: str               # gold final answer, accepted by reward.validate_gold
     difficulty: float | None  # in [0, 1], 0 = easiest; None = unknown (used at every level)
     source: str               # data source name: file stem, the "name:" of "name:path", or "arith"
+    location: str = ""        # where the row came from ("data/x.jsonl line 12"), for warnings that name it
 
 
 # ----------------------------------------------------------------------------- built-in arithmetic
@@ -177,7 +178,7 @@ def load_problems(spec: str | list[str], data_dir: str = DATA_DIR, arith_per_lev
             source, path = _resolve(item, data_dir)
             for location, row in _read_rows(path):
                 try:
-                    loaded.append(_parse_row(row, source, location))
+                    loaded.append(replace(_parse_row(row, source, location), location=f"{path} {location}"))
                 except ValueError as e:
                     if strict:
                         raise ValueError(f"{path} {location}: {e}")

@@ -267,9 +267,16 @@ def shares_prefill(first: Sequence, seq: Sequence) -> bool:
     return not first.tokens and not seq.tokens and first.prompt_index == seq.prompt_index
 
 
+class Interrupted(Exception):
+    """generate() was asked to stop (should_stop() returned True); nothing it sampled is returned."""
+
+
 def generate(model, prompts: list[list[int]], params: SamplingParams, engine: EngineConfig = EngineConfig(),
-             tokenizer=None, progress: bool = False) -> tuple[list[Sample], dict]:
+             tokenizer=None, progress: bool = False, should_stop=None) -> tuple[list[Sample], dict]:
     """Sample params.n responses per prompt -> (samples, prompt-major: prompt i's at i*n .. i*n+n-1; stats).
+
+    should_stop (optional, () -> bool) is polled once per engine step (host-side only, no device sync); when it
+    returns True the call raises Interrupted within one decode step (a preemption signal, say).
 
     stats: prefill_s, decode_s, prefill_tokens, generated_tokens, decode_steps, preemptions, peak_kv_tokens
     (pages in use at peak x page_size), kv_budget_tokens, page_size, kv_bytes_per_token, kv_pages, kv_pages_free."""
@@ -293,6 +300,8 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, engine: En
     run = Engine(model, sequences, params, engine, tokenizer, budget // page_size, page_size, bar)
     with torch.inference_mode(), M.packed_cpu_linears(model, min(engine.max_num_seqs, num_seqs)):
         while run.waiting or run.active:
+            if should_stop is not None and should_stop():
+                raise Interrupted("generate: stopped on request")
             start = time.perf_counter()
             admitted = run.admit()
             if admitted:

@@ -250,3 +250,12 @@ def test_flash_matches_sdpa_on_gpu(tiny_checkpoint):
         finally:
             attention.HAS_FLASH = True
     assert (flash.float() - sdpa.float()).abs().max().item() < 5e-2
+
+
+@pytest.mark.parametrize("content, expected", [("{not json", "cannot read the model config"),
+                                                ("[1, 2]", "expected a JSON object"), ("", "cannot read")])
+def test_broken_config_json_is_named(tmp_path, content, expected):
+    (tmp_path / "config.json").write_text(content)
+    with pytest.raises(ValueError, match=expected) as info:
+        M.load_model(str(tmp_path))
+    assert str(tmp_path / "config.json") in str(info.value)
