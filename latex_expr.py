@@ -8,10 +8,13 @@ there). `e` is Euler's number and `i` the imaginary unit; a letter before a one-
 is a function value, otherwise `x(x+1)` is a product. What it cannot decide (float overflow, division by
 zero, infinities) raises _Undecided; answer_equiv.py then asks sympy, on trees built by _sympy_tree from
 the same parse (sympy never parses text), in a child process.
+`a:b` is the ratio a/b.
 Numeric tolerance: |p - g| <= 1e-4 * max(|p|, |g|) when either side has a decimal or scientific literal
 (rounded numbers: the Qwen2.5-Math evaluation's rel_tol), except that an integer gold needs an exactly
-equal decimal (17.9999 is not 18); otherwise exact for rationals and 1e-9 relative (+1e-12 absolute)
-for float round-off of exact expressions (2\\sqrt{3} vs \\sqrt{12}).
+equal decimal (17.9999 is not 18) and an irrational exact gold (\\sqrt{2}, \\pi, no variables) needs a
+decimal that agrees to 6 decimal places (1.414214, not 1.414 or 1.4142: math-verify's float_rounding);
+otherwise exact for rationals and 1e-9 relative (+1e-12 absolute) for float round-off of exact expressions
+(2\\sqrt{3} vs \\sqrt{12}). `_linear` reads a one-variable expression as a*v + b (for relations).
 """
 import cmath
 import functools
@@ -20,6 +23,7 @@ import re
 from fractions import Fraction
 
 REL_TOL = 1e-4           # relative tolerance when a rounded (decimal / scientific) number is involved
+DECIMALS = 6             # a decimal answer to an irrational exact gold must agree to this many places
 FLOAT_TOL = 1e-9         # relative float round-off allowed for exact expressions evaluated in floats
 MAX_BITS = 100_000       # exact rationals above this size are handed to floats (and then sympy)
 _INT = re.compile(r"-?\d+")
@@ -73,7 +77,7 @@ class _Parser:
         while (t := self.peek()) is not None:
             if t in ("*", "\\cdot", "\\times"):
                 self.take(); node = ("*", node, self.unary())
-            elif t in ("/", "\\div"):
+            elif t in ("/", "\\div", ":"):
                 self.take(); node = ("/", node, self.unary())
             elif _starts_factor(t):
                 node = ("*", node, self.power())  # implicit multiplication: 2\sqrt{3}, x(x+1)
@@ -307,8 +311,15 @@ def _tolerance(p_approx: bool, g_approx: bool, exact_gold: bool) -> float:
     return 0.0 if exact_gold and p_approx else REL_TOL if p_approx or g_approx else FLOAT_TOL
 
 
-def _values_equal(p, g, exact_gold: bool, proportional: bool) -> bool:
-    """Evaluate both trees (at 3 generic points when they have variables); raises _Undecided."""
+def _rounded_equal(a, b) -> bool:
+    """Equal when rounded to DECIMALS places (real and imaginary parts)."""
+    a, b = complex(a), complex(b)
+    return round(a.real, DECIMALS) == round(b.real, DECIMALS) and round(a.imag, DECIMALS) == round(b.imag, DECIMALS)
+
+
+def _values_equal(p, g, exact_gold: bool, proportional: bool, positive: bool = False) -> bool:
+    """Evaluate both trees (at 3 generic points when they have variables); raises _Undecided.
+    proportional: p = c * g for one constant c != 0 (c > 0 when `positive`: inequalities)."""
     (p_tree, p_approx, p_names), (g_tree, g_approx, g_names) = p, g
     tol = _tolerance(p_approx, g_approx, exact_gold)
     names = sorted(p_names | g_names)
@@ -316,6 +327,8 @@ def _values_equal(p, g, exact_gold: bool, proportional: bool) -> bool:
     for point in _POINTS[:3 if names or proportional else 1]:
         env = {name: point[j % len(point)] for j, name in enumerate(names)}
         a, b = _evaluate(p_tree, env), _evaluate(g_tree, env)
+        if not names and not proportional and p_approx and not g_approx and not isinstance(b, Fraction):
+            return _rounded_equal(a, b)  # a decimal for an irrational gold: 6 places, as math-verify
         if proportional:  # equations: lhs - rhs proportional with a nonzero constant
             if b == 0 or a == 0:
                 if a != b:
@@ -327,8 +340,30 @@ def _values_equal(p, g, exact_gold: bool, proportional: bool) -> bool:
     if proportional:
         if not ratios:
             raise _Undecided
-        return all(_close(r, ratios[0], tol) for r in ratios)
+        return all(_close(r, ratios[0], tol) for r in ratios) and (not positive or _real(ratios[0]) > 0)
     return True
+
+
+_LINE_POINTS = [Fraction(-3), Fraction(-137, 97), Fraction(0), Fraction(1), Fraction(229, 113), Fraction(5, 2)]
+
+
+def _linear(parsed):
+    """(name, a, b) with a != 0 rational when the one-variable expression is exactly a*name + b, else None."""
+    tree, _, names = parsed
+    if len(names) != 1:
+        return None
+    name = next(iter(names))
+    try:
+        values = [_evaluate(tree, {name: x}) for x in _LINE_POINTS]
+    except _Undecided:
+        return None
+    if not all(isinstance(v, Fraction) for v in values):
+        return None
+    a = (values[3] - values[2]) / (_LINE_POINTS[3] - _LINE_POINTS[2])
+    b = values[2]
+    if a == 0 or any(v != a * x + b for v, x in zip(values, _LINE_POINTS)):
+        return None
+    return name, a, b
 
 
 def _log2_bound(node) -> float:
@@ -365,15 +400,17 @@ def _sympy_tree(node):
 def _sympy_equal(p, g, mode: str) -> bool:
     """Stage 2, run inside the child: simplify(pred - gold) == 0 (equations: a constant nonzero ratio)."""
     import sympy
-    parsed = [_equation(*x) if mode == "eq" else _parse(x) for x in (p, g)]
+    parsed = [_equation(*x) if mode in ("eq", "ineq") else _parse(x) for x in (p, g)]
     a, b = (_sympy_tree(x[0]) for x in parsed)
-    if mode == "eq":
+    if mode in ("eq", "ineq"):  # inequalities: a positive ratio
         ratio = sympy.simplify(a / b)
-        return bool(ratio.is_number and ratio != 0 and ratio.is_finite)
+        return bool(ratio.is_number and ratio != 0 and ratio.is_finite and (mode == "eq" or ratio.is_positive))
     diff = sympy.simplify(a - b)
     if diff == 0:
         return True
     if diff.free_symbols or not diff.is_finite:
         return False
+    if parsed[0][1] and not parsed[1][1] and not b.free_symbols and b.is_rational is False:
+        return _rounded_equal(sympy.N(a, 30), sympy.N(b, 30))
     tol = _tolerance(parsed[0][1], parsed[1][1], bool(_INT.fullmatch(g)))
     return bool(abs(complex(sympy.N(diff, 30))) <= tol * abs(complex(sympy.N(b, 30))))

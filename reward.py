@@ -33,10 +33,10 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-from answer_equiv import (STARTUP_TIMEOUT, STATS, _Child, _clean, _equiv, _structure,  # noqa: F401  (re-exported)
-                          is_equiv, validate_gold)
+from answer_equiv import (STARTUP_TIMEOUT, STATS, _SYMPY_CHILD, _Child, _clean, _equiv,  # noqa: F401  (re-exported)
+                          _structure, is_equiv, prepare_child, serve_request, validate_gold)
 from cli import add_dataclass_args, dataclass_from_args
-from latex_expr import _INT, _parse, _sympy_equal
+from latex_expr import _INT, _parse
 
 
 @dataclass
@@ -162,13 +162,13 @@ def _serve(kind: str):
     except (OSError, AttributeError):
         pass
     if kind == "sympy":
-        import sympy  # noqa: F401  (imported before announcing readiness, so no check pays for it)
+        prepare_child()  # sympy and math-verify imported before announcing readiness, so no check pays for it
     sys.stdout.write("ready\n"); sys.stdout.flush()
     for line in sys.stdin:
         request = json.loads(line)
         try:
             if kind == "sympy":
-                reply = _sympy_equal(*request)
+                reply = serve_request(request)
             else:
                 cfg = RewardConfig(**request["cfg"])
                 reply = [asdict(math_reward(r, g, cfg, length, request["max_len"], m)) for r, g, length, m in request["items"]]
@@ -201,6 +201,9 @@ def _bench_mix(root: str) -> tuple[list[str], list[str], list[bool]]:
 
 def bench(cfg: RewardConfig, workers: int):
     responses, golds, expected = _bench_mix(os.path.dirname(os.path.abspath(__file__)))
+    start = time.perf_counter()
+    _SYMPY_CHILD.prepare()  # started once per process and kept: not part of any check's time
+    print(f"sympy/math-verify child started in {time.perf_counter() - start:.2f} s")
     latencies, results = [], []
     start = time.perf_counter()
     for response, gold in zip(responses, golds):

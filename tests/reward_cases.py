@@ -61,7 +61,8 @@ CASES = [
     (B % "62.5\\%", "62.5%", True), (B % "8", "8 \\%", True), (B % "9\\%", "8 \\%", False), (B % "18.90", "\\$18.90", True),
     (B % "\\$36", "\\$36", True), (B % "\\text{36}", "36", True),
     # --- pi and radicals
-    (B % "\\pi", "\\pi", True), (B % "3.14", "\\pi", False), (B % "3.14159", "\\pi", True), (B % "2\\sqrt{3}", "\\sqrt{12}", True),
+    (B % "\\pi", "\\pi", True), (B % "3.14", "\\pi", False), (B % "3.14159", "\\pi", False),
+    (B % "3.141593", "\\pi", True),  # a decimal for an irrational gold: 6 places (3.1415926.. rounds to 3.141593) (B % "2\\sqrt{3}", "\\sqrt{12}", True),
     (B % "\\sqrt{12}", "2\\sqrt{3}", True), (B % "3\\sqrt{3}", "\\sqrt{12}", False), (B % "11\\sqrt{2}", "11\\sqrt2", True),
     (B % "\\sqrt{242}", "11\\sqrt2", True), (B % "\\frac{1}{\\sqrt{3}}", "\\frac{\\sqrt{3}}{3}", True),
     (B % "\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt{3}}{3}", False), (B % "288\\pi", "288 \\pi", True), (B % "\\pi \\cdot 288", "288 \\pi", True),

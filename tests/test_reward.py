@@ -132,7 +132,8 @@ def test_validate_gold():
     assert validate_gold("") == "is empty" and validate_gold("   ") == "is empty"
     assert validate_gold(5) == "is a int, not text"
     assert "unbalanced" in validate_gold("\\frac{1}{2")
-    assert "\\boxed" in validate_gold("\\boxed{3}")
+    assert "\\boxed" in validate_gold("so \\boxed{3}") and "\\boxed" in validate_gold("\\boxed{3} or \\boxed{4}")
+    assert validate_gold("\\boxed{3}") is None and validate_gold("$\\boxed{3}$") is None  # wholly boxed: unwrapped
     assert "empty after normalisation" in validate_gold("\\text{ }")
     assert not is_equiv("$$", "\\text{ }")  # an unusable gold never makes every answer correct
     assert "longer than" in validate_gold("1" * 2000)
