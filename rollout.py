@@ -34,6 +34,8 @@ Run alone:
     python rollout.py --bench     # embedded default, CPU fp32: tokens/s vs transformers generate, KV at peak
 """
 import argparse
+import dataclasses
+import gc
 import os
 import sys
 import time
@@ -43,7 +45,10 @@ from dataclasses import dataclass, field
 import torch
 
 import model as M
-from sampling import sample_tokens, splitmix64, uniform_draws
+from sampling import as_int64, sample_tokens, splitmix64, uniform_draws
+from static_decode import BUCKETS, HEADER, StaticDecoder
+
+DECODE_MODES = ("auto", "eager", "static", "graph")
 
 
 @dataclass
@@ -62,9 +67,11 @@ class SamplingParams:
 @dataclass
 class EngineConfig:
     max_num_seqs: int = 64  # active slots (continuous batching refills them)
-    kv_budget_tokens: int = 0  # KV pool size in tokens; 0 = enough for max_num_seqs x (longest prompt + max_new_tokens)
-    page_size: int = 0  # tokens per KV page; 0 = 256 on CUDA (flash-attn's paged requirement), 16 elsewhere
+    kv_budget_tokens: int = 0  # KV pool size in tokens; 0 = what the call needs (capped on CUDA, below)
+    kv_memory_fraction: float = 0.3  # CUDA, kv_budget_tokens = 0: the pool takes at most this share of free memory
+    page_size: int = 0  # tokens per KV page; 0 = 256 on CUDA (FlashAttention's paged requirement), 16 elsewhere
     max_prefill_tokens: int = 16384  # prompt tokens per prefill forward (bounds activation memory)
+    decode: str = "auto"  # auto (graph on CUDA, eager on CPU) | eager (dynamic shapes) | static | graph (CUDA graphs)
 
 
 @dataclass
@@ -139,6 +146,8 @@ def check_inputs(model, prompts, params: SamplingParams, engine: EngineConfig, t
         raise ValueError("generate: stop_strings need a tokenizer to decode responses (pass tokenizer=...)")
     if engine.max_num_seqs < 1 or engine.max_prefill_tokens < 1:
         raise ValueError(f"generate: need max_num_seqs >= 1 and max_prefill_tokens >= 1 (got {engine})")
+    if engine.decode not in DECODE_MODES or not 0 < engine.kv_memory_fraction <= 1:
+        raise ValueError(f"generate: decode must be one of {DECODE_MODES} and kv_memory_fraction in (0, 1] (got {engine})")
 
 
 def stop_token_set(model, params: SamplingParams, tokenizer) -> set[int]:
@@ -154,11 +163,11 @@ def stop_token_set(model, params: SamplingParams, tokenizer) -> set[int]:
 class Engine:
     """State of one generate() call: the KV pool, the waiting queue and the active rows (admission order)."""
 
-    def __init__(self, model, sequences, params: SamplingParams, config: EngineConfig, tokenizer, num_pages, page_size, bar):
-        self.model, self.params, self.config, self.page_size, self.bar = model, params, config, page_size, bar
-        self.device = model.embed_tokens.weight.device
-        self.cache = M.KVCache.allocate(model.cfg, num_pages, page_size, self.device, model.embed_tokens.weight.dtype)
-        self.pool = PagePool(num_pages)
+    def __init__(self, model, sequences, params: SamplingParams, config: EngineConfig, tokenizer, cache, decoder, bar,
+                 num_pages: int):
+        self.model, self.params, self.config, self.cache, self.decoder, self.bar = model, params, config, cache, decoder, bar
+        self.device, self.page_size = model.embed_tokens.weight.device, cache.page_size
+        self.pool = PagePool(num_pages)  # pages [0, num_pages) of the cache; its last page is the decoder's scratch
         self.stop_ids = stop_token_set(model, params, tokenizer)
         self.stop_strings = StopStrings(tokenizer, params.stop_strings) if params.stop_strings else None
         self.waiting, self.active = deque(sequences), []  # active: youngest last
@@ -230,6 +239,8 @@ class Engine:
 
     def decode(self):
         """One token for every active row: its last token goes in at position `cached`."""
+        if self.decoder is not None and len(self.active) <= BUCKETS[-1]:
+            return self.decode_static()
         width = max(len(s.pages) for s in self.active)
         block_table = torch.tensor([s.pages + [0] * (width - len(s.pages)) for s in self.active], dtype=torch.int32)  # (B, P)
         cache_seqlens = torch.tensor([s.cached for s in self.active], dtype=torch.int32)  # (B,)
@@ -242,12 +253,27 @@ class Engine:
         self.active = [s for s in self.active if not s.finish_reason]  # finished rows leave the batch
         self.stats["decode_steps"] += 1
 
+    def decode_static(self):
+        """The same step through static_decode (a CUDA graph per bucket): one staging row per active row."""
+        pad = self.decoder.width
+        rows = [[s.tokens[-1], s.cached, as_int64(s.key), len(s.tokens)] + s.pages + [self.decoder.scratch_page] *
+                (pad - len(s.pages)) for s in self.active]
+        tokens, logprobs = self.decoder.run(rows)
+        for seq in self.active:
+            seq.cached += 1
+        self.record(self.active, tokens, logprobs)
+        self.active = [s for s in self.active if not s.finish_reason]
+        self.stats["decode_steps"] += 1
+
     def append(self, batch: list[Sequence], logits):
         """Sample one token per row of `batch` from logits (B, V); retire rows that stop (pages back to the pool)."""
         uniforms = uniform_draws([s.key for s in batch], [len(s.tokens) for s in batch])
         p = self.params
         tokens, logprobs = sample_tokens(logits, p.temperature, p.top_k, p.top_p, uniforms)
-        for seq, token, logprob in zip(batch, tokens.tolist(), logprobs.tolist()):
+        self.record(batch, tokens.tolist(), logprobs.tolist())
+
+    def record(self, batch: list[Sequence], tokens: list[int], logprobs: list[float]):
+        for seq, token, logprob in zip(batch, tokens, logprobs):
             seq.tokens.append(token)
             seq.logprobs.append(logprob)
             if token in self.stop_ids or (self.stop_strings is not None and self.stop_strings.hit(seq.tokens)):
@@ -271,53 +297,125 @@ class Interrupted(Exception):
     """generate() was asked to stop (should_stop() returned True); nothing it sampled is returned."""
 
 
+class Sampler:
+    """What generate() keeps across calls: one KV pool (grown when a call needs more, never reserved per call)
+    and, for static/graph decode, the decode steps captured over it (static_decode.py).
+
+    Pool size: kv_budget_tokens if set, else what the call needs (max_num_seqs rows x (longest prompt +
+    max_new_tokens)), capped on CUDA at kv_memory_fraction of the free memory (plus the pool it replaces), so a
+    long-response eval asks for what fits and preemption handles the rest. On CUDA out-of-memory the failed
+    call's state is released first, then the cache emptied, and the call retried with half the pool and slots."""
+
+    def __init__(self, model, engine: EngineConfig = EngineConfig()):
+        self.model, self.engine = model, engine
+        self.device = model.embed_tokens.weight.device
+        self.page_size = engine.page_size or (256 if self.device.type == "cuda" else 16)
+        mode = engine.decode if engine.decode != "auto" else ("graph" if self.device.type == "cuda" else "eager")
+        if mode == "graph" and self.device.type != "cuda":
+            raise ValueError("generate: decode='graph' needs CUDA (use 'static' for the same step without graphs)")
+        self.mode, self.cache, self.decoders, self.scale = mode, None, {}, 1.0
+        self.graph_pool = torch.cuda.graph_pool_handle() if mode == "graph" else None
+
+    def pool_pages(self, need_tokens: int, longest: int) -> int:
+        """Pages this call may use; (re)allocates the pool when it is missing or smaller."""
+        cfg, size = self.model.cfg, self.model.embed_tokens.weight.element_size()
+        bytes_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * size
+        budget = self.engine.kv_budget_tokens or int(need_tokens * self.scale)
+        if self.device.type == "cuda" and not self.engine.kv_budget_tokens:
+            free = torch.cuda.mem_get_info(self.device)[0] + torch.cuda.memory_reserved(self.device) \
+                - torch.cuda.memory_allocated(self.device) + (self.cache.k.nbytes * 2 if self.cache is not None else 0)
+            budget = min(budget, int(self.engine.kv_memory_fraction * self.scale * free / bytes_per_token))
+        pages = pages_for(budget, self.page_size)
+        if pages < pages_for(longest, self.page_size):
+            raise ValueError(f"generate: a KV budget of {budget} tokens ({pages} pages of {self.page_size}) cannot hold "
+                             f"one sequence of {longest} tokens (longest prompt + max_new_tokens): raise "
+                             "kv_budget_tokens / kv_memory_fraction, or shorten the prompts or max_new_tokens")
+        if self.cache is None or self.cache.num_pages - 1 < pages:
+            self.release()
+            self.cache = M.KVCache.allocate(cfg, pages + 1, self.page_size, self.device, self.model.embed_tokens.weight.dtype)
+        return pages
+
+    def decoder(self, params: SamplingParams, longest: int):
+        if self.mode == "eager":
+            return None
+        width = pages_for(longest, self.page_size)
+        if self.mode == "graph":  # a few widths only, so a slightly longer prompt does not recapture
+            width = 1 << (width - 1).bit_length()
+        key = (params.temperature, params.top_k, params.top_p)
+        if key not in self.decoders or self.decoders[key].width < width:
+            self.decoders[key] = StaticDecoder(self.model, self.cache, width, self.cache.num_pages - 1, *key,
+                                               graph_pool=self.graph_pool)
+            if self.mode == "graph":
+                self.decoders[key].capture_all(min(self.engine.max_num_seqs, BUCKETS[-1]))
+        return self.decoders[key]
+
+    def release(self):
+        self.cache, self.decoders = None, {}
+
+    def generate(self, prompts, params: SamplingParams, tokenizer=None, progress=False, should_stop=None):
+        """rollout.generate on this sampler's pool (see generate)."""
+        check_inputs(self.model, prompts, params, self.engine, tokenizer)
+        for attempt in range(4):
+            try:
+                return self._generate(prompts, params, tokenizer, progress, should_stop)
+            except torch.cuda.OutOfMemoryError:
+                if attempt == 3:
+                    raise
+            # outside the except block: the failed attempt's frames, and the tensors they hold, are gone
+            self.release()
+            gc.collect()
+            torch.cuda.empty_cache()
+            self.scale /= 2
+            print(f"rollout ran out of GPU memory; retrying with {self.scale:g} x the KV pool and slots", file=sys.stderr)
+
+    def _generate(self, prompts, params, tokenizer, progress, should_stop):
+        longest = max(map(len, prompts)) + params.max_new_tokens
+        num_seqs = len(prompts) * params.n
+        slots = max(1, int(min(self.engine.max_num_seqs, num_seqs) * self.scale))
+        pages = self.pool_pages(slots * pages_for(longest, self.page_size) * self.page_size, longest)
+        sequences = [Sequence(i, j, list(prompt), splitmix64(splitmix64(params.seed) ^ (i * params.n + j)))
+                     for i, prompt in enumerate(prompts) for j in range(params.n)]
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=num_seqs, unit="seq", desc="rollout", dynamic_ncols=True)
+        engine = dataclasses.replace(self.engine, max_num_seqs=slots)
+        run = Engine(self.model, sequences, params, engine, tokenizer, self.cache, self.decoder(params, longest), bar, pages)
+        with torch.inference_mode(), M.packed_cpu_linears(self.model, slots):
+            while run.waiting or run.active:
+                if should_stop is not None and should_stop():
+                    raise Interrupted("generate: stopped on request")
+                start = time.perf_counter()
+                admitted = run.admit()
+                if admitted:
+                    run.prefill(admitted)
+                run.stats["prefill_s"] += time.perf_counter() - start
+                start = time.perf_counter()
+                run.reserve_pages()
+                if run.active:
+                    run.decode()
+                run.stats["decode_s"] += time.perf_counter() - start
+        if bar is not None:
+            bar.close()
+        run.stats.update(peak_kv_tokens=run.pool.peak_in_use * self.page_size, kv_budget_tokens=pages * self.page_size,
+                         page_size=self.page_size, kv_bytes_per_token=self.cache.bytes_per_token(), kv_pages=pages,
+                         kv_pages_free=len(run.pool.free_pages), decode_mode=self.mode)
+        return [Sample(s.prompt_index, s.sample_index, s.tokens, s.logprobs, s.finish_reason) for s in sequences], run.stats
+
+
 def generate(model, prompts: list[list[int]], params: SamplingParams, engine: EngineConfig = EngineConfig(),
-             tokenizer=None, progress: bool = False, should_stop=None) -> tuple[list[Sample], dict]:
+             tokenizer=None, progress: bool = False, should_stop=None, sampler: Sampler | None = None):
     """Sample params.n responses per prompt -> (samples, prompt-major: prompt i's at i*n .. i*n+n-1; stats).
 
-    should_stop (optional, () -> bool) is polled once per engine step (host-side only, no device sync); when it
-    returns True the call raises Interrupted within one decode step (a preemption signal, say).
+    sampler: a Sampler(model, engine) reused across calls (its KV pool and decode graphs persist); default: a
+    fresh one for this call. should_stop (optional, () -> bool) is polled once per engine step (host-side only,
+    no device sync); when it returns True the call raises Interrupted within one decode step (a preemption).
 
     stats: prefill_s, decode_s, prefill_tokens, generated_tokens, decode_steps, preemptions, peak_kv_tokens
-    (pages in use at peak x page_size), kv_budget_tokens, page_size, kv_bytes_per_token, kv_pages, kv_pages_free."""
-    check_inputs(model, prompts, params, engine, tokenizer)
-    device = model.embed_tokens.weight.device
-    page_size = engine.page_size or (256 if device.type == "cuda" else 16)
-    if device.type == "cuda" and M.HAS_FLASH and page_size % 256:
-        raise ValueError(f"generate: flash-attn's paged KV needs page_size divisible by 256, got {page_size}")
-    longest = max(map(len, prompts)) + params.max_new_tokens
-    num_seqs = len(prompts) * params.n
-    budget = engine.kv_budget_tokens or min(engine.max_num_seqs, num_seqs) * pages_for(longest, page_size) * page_size
-    if budget // page_size < pages_for(longest, page_size):
-        raise ValueError(f"generate: kv_budget_tokens={budget} ({budget // page_size} pages of {page_size}) cannot hold one "
-                         f"sequence of {longest} tokens (longest prompt + max_new_tokens); raise kv_budget_tokens")
-    sequences = [Sequence(i, j, list(prompt), splitmix64(splitmix64(params.seed) ^ (i * params.n + j)))
-                 for i, prompt in enumerate(prompts) for j in range(params.n)]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=num_seqs, unit="seq", desc="rollout", dynamic_ncols=True)
-    run = Engine(model, sequences, params, engine, tokenizer, budget // page_size, page_size, bar)
-    with torch.inference_mode(), M.packed_cpu_linears(model, min(engine.max_num_seqs, num_seqs)):
-        while run.waiting or run.active:
-            if should_stop is not None and should_stop():
-                raise Interrupted("generate: stopped on request")
-            start = time.perf_counter()
-            admitted = run.admit()
-            if admitted:
-                run.prefill(admitted)
-            run.stats["prefill_s"] += time.perf_counter() - start
-            start = time.perf_counter()
-            run.reserve_pages()
-            if run.active:
-                run.decode()
-            run.stats["decode_s"] += time.perf_counter() - start
-    if bar is not None:
-        bar.close()
-    run.stats.update(peak_kv_tokens=run.pool.peak_in_use * page_size, kv_budget_tokens=run.pool.num_pages * page_size,
-                     page_size=page_size, kv_bytes_per_token=run.cache.bytes_per_token(), kv_pages=run.pool.num_pages,
-                     kv_pages_free=len(run.pool.free_pages))
-    return [Sample(s.prompt_index, s.sample_index, s.tokens, s.logprobs, s.finish_reason) for s in sequences], run.stats
+    (pages in use at peak x page_size), kv_budget_tokens, page_size, kv_bytes_per_token, kv_pages, kv_pages_free,
+    decode_mode."""
+    sampler = sampler or Sampler(model, engine)
+    return sampler.generate(prompts, params, tokenizer, progress, should_stop)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -14,7 +14,12 @@ sample, position), never on batch composition, slots, preemption or a global RNG
 and another schedule changes a sample only through the ~1e-6 logit noise of differently batched matmuls
 (enough to flip a draw that lands among thousands of tail tokens, as on any sampler).
 
-Pure functions on tensors (the uniforms are computed from integer keys on the host).
+The same stream is computed on the device by `uniform_draws_tensor` (int64 arithmetic wraps like uint64; logical
+shifts are masked arithmetic ones), bit for bit, so a decode step needs no host-side draws (CUDA graphs).
+`nucleus(..., static=True)` ranks the whole vocabulary at once instead of growing its candidate list (a
+data-dependent loop): the same candidates, weights and draws, in shapes fixed by (B, V).
+
+Pure functions on tensors.
 """
 import torch
 import torch.nn.functional as F
@@ -36,13 +41,40 @@ def uniform_draws(keys: list[int], positions: list[int]) -> torch.Tensor:
     return torch.tensor([(splitmix64(key ^ pos) >> 32) * 2.0 ** -32 for key, pos in zip(keys, positions)], dtype=torch.float64)
 
 
-def nucleus(probs: torch.Tensor, top_k: int, top_p: float):
+_GOLDEN, _MIX1, _MIX2 = (c - (1 << 64) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def as_int64(key: int) -> int:
+    """A uint64 key as the int64 with the same bits (for device tensors)."""
+    return key - (1 << 64) if key >= 1 << 63 else key
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    return (x >> bits) & ((1 << (64 - bits)) - 1)  # logical shift of the uint64 bits in an int64
+
+
+def splitmix64_tensor(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64 elementwise on int64 tensors holding uint64 bits (wrapping multiply = uint64 multiply)."""
+    x = x + _GOLDEN
+    x = (x ^ _shift_right(x, 30)) * _MIX1
+    x = (x ^ _shift_right(x, 27)) * _MIX2
+    return x ^ _shift_right(x, 31)
+
+
+def uniform_draws_tensor(keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """uniform_draws on the device: keys (B,) int64 (as_int64 of the row keys), positions (B,) int64 -> (B,) fp64."""
+    return _shift_right(splitmix64_tensor(keys ^ positions), 32).double() * 2.0 ** -32
+
+
+def nucleus(probs: torch.Tensor, top_k: int, top_p: float, static: bool = False):
     """Top-k, then top-p candidates of each row of probs (B, V): (weights (B, K), token ids (B, K)).
 
-    Weights are sorted descending, renormalised, zero past a row's nucleus. Without top-k the candidate list
-    grows (64, 512, ...) until it holds top_p of every row's mass, so no full-vocabulary sort is needed."""
+    Weights are sorted descending, zero past a row's nucleus, NOT renormalised (inverse_cdf scales by their
+    sum; filtered_probs normalises). Without top-k the candidate list grows (64, 512, ...) until it holds
+    top_p of every row's mass, so no full-vocabulary sort is needed; static=True takes all V at once (no host
+    sync). Both give the same nonzero weights in the same places, hence the same draws."""
     V = probs.shape[-1]
-    width = min(top_k, V) if top_k > 0 else min(64, V)
+    width = min(top_k, V) if top_k > 0 else (V if static else min(64, V))
     while True:
         weights, token_ids = probs.topk(width, dim=-1)  # (B, K), descending
         if top_k > 0:  # the k-set is the support: renormalise before measuring the nucleus
@@ -51,8 +83,7 @@ def nucleus(probs: torch.Tensor, top_k: int, top_p: float):
         if top_k > 0 or width == V or bool((mass_before[:, -1] + weights[:, -1] >= top_p).all()):
             break
         width = min(8 * width, V)
-    weights = torch.where(mass_before < top_p, weights, 0.0)  # the first candidate always stays
-    return weights / weights.sum(-1, keepdim=True), token_ids
+    return torch.where(mass_before < top_p, weights, 0.0), token_ids  # the first candidate always stays
 
 
 def filtered_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -61,7 +92,7 @@ def filtered_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top
     if top_k == 0 and top_p >= 1.0:
         return probs
     weights, token_ids = nucleus(probs, top_k, top_p)
-    return torch.zeros_like(probs).scatter_(-1, token_ids, weights)
+    return torch.zeros_like(probs).scatter_(-1, token_ids, weights / weights.sum(-1, keepdim=True))
 
 
 def inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor, block: int = 256) -> torch.Tensor:
@@ -83,8 +114,10 @@ def inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor, block: int = 256)
     return chosen * block + torch.minimum(column, last_positive)
 
 
-def sample_tokens(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, uniforms: torch.Tensor):
-    """Next token and its sampler logprob per row (definitions in the module docstring). (B, V) -> (B,), (B,)"""
+def sample_tokens(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, uniforms: torch.Tensor,
+                  static: bool = False):
+    """Next token and its sampler logprob per row (definitions in the module docstring). (B, V) -> (B,), (B,)
+    static=True: no host sync and shapes fixed by (B, V) (the CUDA-graph decode step)."""
     logits = logits.float()
     scaled = logits if temperature in (0, 1) else logits / temperature  # (B, V); T = 0 logprobs at T = 1
     peak = scaled.amax(-1, keepdim=True)  # (B, 1)
@@ -95,7 +128,7 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
     elif top_k == 0 and top_p >= 1.0:
         tokens = inverse_cdf(unnormalised, uniforms)
     else:
-        weights, token_ids = nucleus(unnormalised.div_(total), top_k, top_p)
+        weights, token_ids = nucleus(unnormalised.div_(total), top_k, top_p, static)
         tokens = token_ids.gather(-1, inverse_cdf(weights, uniforms)[:, None])[:, 0]
     log_norm = (peak + total.log())[:, 0]  # (B,) logsumexp(z/T)
     return tokens, scaled.gather(-1, tokens[:, None])[:, 0] - log_norm

@@ -7,7 +7,7 @@ micro-batches, one AdamW step per epoch (train.py calls `ppo_update` once per st
                          clip the global grad norm;  AdamW step unless the norm is non-finite
 So the summed gradients of all micro-batches on all ranks equal those of one big batch in one process.
 Packing (`pack`): a group's prompt is laid out once with its G responses after it, each response seeing the
-prompt and its own past only (a shared-prefix mask), so the prompt is paid for once instead of G times.
+prompt and its own past only (its keys gathered as [prompt; itself]), so the prompt is paid for once, not G times.
 A'_{i,t} = A_i + alpha |A_i| on the tokens HICRA amplifies (planning tokens by default; loss.hicra_advantages).
 """
 from dataclasses import dataclass
@@ -23,32 +23,37 @@ def pack(segments, device):
     """Micro-batch -> flat inputs, positions, AttnMeta, the rows that predict response tokens, and targets.
 
     segments: [(prompt ids, [response ids, ...])]. A segment is laid out once as prompt + r_1[:-1] + r_2[:-1]
-    + ...; response j's tokens take positions len(prompt).. and see the prompt and their own past only
-    (a shared-prefix mask), so G responses pay for their prompt once. The row predicting r_j[0] is the
-    prompt's last token, shared by all j. A one-response segment is plain causal packing (no mask).
+    + ...; response j's tokens take positions len(prompt).. and attend to [prompt; their own past] only: the
+    attention sequences are the prompt (causal) and each response, whose keys are gathered as [prompt rows;
+    its own rows] (AttnMeta.kv_index, bottom-right causal), so G responses pay for their prompt once and the
+    FlashAttention kernels take it as plain varlen attention. The row predicting r_j[0] is the prompt's last
+    token, shared by all j. Without any multi-response segment this is plain causal packing (no gather).
     """
-    ids, positions, rows, targets, lengths, masks, offset = [], [], [], [], [], [], 0
+    ids, positions, rows, targets, q_lengths, k_lengths, kv_index, offset = [], [], [], [], [], [], [], 0
     for prompt, responses in segments:
-        owner = [-1] * len(prompt)  # -1: prompt token, j: token of response j
+        prompt_rows = list(range(offset, offset + len(prompt)))
         seg_ids, seg_pos = list(prompt), list(range(len(prompt)))
-        for j, response in enumerate(responses):
-            rows += [offset + len(prompt) - 1] + [offset + len(seg_ids) + t for t in range(len(response) - 1)]
+        q_lengths.append(len(prompt))
+        k_lengths.append(len(prompt))
+        kv_index += prompt_rows
+        for response in responses:
+            start, n = offset + len(seg_ids), len(response) - 1  # the response's query rows
+            rows += [offset + len(prompt) - 1] + list(range(start, start + n))
             seg_ids += response[:-1]
-            seg_pos += range(len(prompt), len(prompt) + len(response) - 1)
-            owner += [j] * (len(response) - 1)
+            seg_pos += range(len(prompt), len(prompt) + n)
             targets += response
-        if len(responses) > 1:
-            o = torch.tensor(owner, device=device)
-            causal = torch.ones(len(o), len(o), dtype=torch.bool, device=device).tril()
-            masks.append(causal & ((o[None, :] == -1) | (o[None, :] == o[:, None])))  # (L, L)
-        else:
-            masks.append(None)
+            if n:
+                q_lengths.append(n)
+                k_lengths.append(len(prompt) + n)
+                kv_index += prompt_rows + list(range(start, start + n))
         ids += seg_ids
         positions += seg_pos
-        lengths.append(len(seg_ids))
         offset += len(seg_ids)
     as_tensor = lambda x: torch.tensor(x, dtype=torch.long, device=device)
-    meta = M.AttnMeta.packed(lengths, device, seq_masks=masks if any(m is not None for m in masks) else None)
+    if all(len(responses) == 1 for _, responses in segments):  # one sequence per segment: plain packing
+        meta = M.AttnMeta.packed([len(p) + len(r[0]) - 1 for p, r in segments], device)
+    else:
+        meta = M.AttnMeta.packed_gather(q_lengths, k_lengths, as_tensor(kv_index), device)
     return as_tensor(ids), as_tensor(positions), meta, as_tensor(rows), as_tensor(targets)
 
 
