@@ -1,47 +1,86 @@
-"""Distributed in one place: torchrun's environment, FSDP2 wrapping, and the few collectives the loop uses.
+"""Distributed in one place: torchrun's environment, FSDP2 wrapping, the inference-copy refresh, and the few
+collectives the loop uses.
 
-Single-process runs take the same code path: every helper here is the identity when is_dist is False.
+Process group: gloo on CPU; on CUDA "cpu:gloo,cuda:nccl", so the loop's small host-side reductions (reward sums,
+stop flags, round counts: CPU tensors) go through gloo and FSDP's tensors through NCCL, each on the device its
+backend serves. A bounded timeout (RL ranks wait for each other's rollouts, which can take many minutes) and
+collectives that say which rank gave up waiting and why. `dist_init(one_rank_group=True)` makes a 1-process
+group, so a single GPU trains through the same FSDP2 mixed-precision code as 8 (bf16 compute, fp32 master
+weights, gradients reduced in fp32).
+Single-process runs without a group take the same code path: every helper here is the identity then.
 """
+import datetime
 import os
 
 import torch
 import torch.distributed as dist
 
 
-def dist_init(device: str = "auto"):
+def backend_for(device: torch.device) -> str:
+    """The process-group backend string: every collective's tensors must live on a device it names."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
+def dist_init(device: str = "auto", one_rank_group: bool = False, timeout_s: float = 3600.0):
     """-> (rank, world, device, is_dist). Reads torchrun's environment; single process otherwise.
 
-    device: 'auto' = cuda:LOCAL_RANK when CUDA is available, else cpu; or an explicit device ('cpu', 'cuda:1')."""
+    device: 'auto' = cuda:LOCAL_RANK when CUDA is available, else cpu; or an explicit device ('cpu', 'cuda:1').
+    one_rank_group: without torchrun, still make a process group of one (FSDP2 mixed precision on one device).
+    timeout_s: how long a collective waits for the other ranks before it fails (naming this rank)."""
     world, local_rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    if world == 1:
+    if world == 1 and not one_rank_group:
         return 0, 1, device, False
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), world, device, True
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if world == 1:  # no torchrun rendezvous: an in-process store
+        dist.init_process_group(backend_for(device), store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    else:
+        dist.init_process_group(backend_for(device), timeout=timeout)
+    return dist.get_rank(), dist.get_world_size(), device, True
 
 
 def dist_cleanup(is_dist):
-    if is_dist:  # barrier first: no rank tears its group down while another still has work in flight with it
+    if is_dist and dist.is_initialized():  # barrier first: no rank tears its group down while another still works
         dist.barrier()
         dist.destroy_process_group()
 
 
+def _all_reduce(tensor, op, what: str):
+    try:
+        dist.all_reduce(tensor, op=op)
+    except (RuntimeError, dist.DistBackendError) as e:
+        raise RuntimeError(f"rank {dist.get_rank()} of {dist.get_world_size()}: {what} failed after waiting for the "
+                           f"other ranks ({type(e).__name__}: {e}); another rank probably died or is stuck: see the "
+                           "first error in its log") from None
+
+
 def all_sum(values: list[float], is_dist) -> list[float]:
+    """Elementwise sum over ranks of a short list of host numbers (a CPU tensor: gloo serves it)."""
     if not is_dist:
         return values
     t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
+    _all_reduce(t, dist.ReduceOp.SUM, "all_sum")
     return t.tolist()
 
 
-def shard_policy(policy, device, activation_checkpointing):
-    """FSDP2: one unit per decoder block plus the root; bf16 compute with fp32 reductions on CUDA."""
+def max_over_ranks(value: int) -> int:
+    t = torch.tensor([value], dtype=torch.long)
+    _all_reduce(t, dist.ReduceOp.MAX, "max_over_ranks")
+    return int(t[0])
+
+
+def shard_policy(policy, device, activation_checkpointing, param_dtype="auto"):
+    """FSDP2: one unit per decoder block plus the root. param_dtype (bf16; 'auto' = bf16 on CUDA, None on CPU)
+    is the compute dtype of the unsharded parameters; master weights, optimizer state and gradient reduction
+    stay fp32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" else MixedPrecisionPolicy()
+    if param_dtype == "auto":
+        param_dtype = torch.bfloat16 if device.type == "cuda" else None
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else MixedPrecisionPolicy()
     for block in policy.layers:
         fully_shard(block, mp_policy=mp)
     fully_shard(policy, mp_policy=mp)
@@ -57,7 +96,12 @@ def full_state_dict(policy, is_dist):
     return get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
 
 
-def max_over_ranks(value: int) -> int:
-    t = torch.tensor([value], dtype=torch.long)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t[0])
+@torch.no_grad()
+def refresh_inference_copy(policy, infer):
+    """infer <- policy's weights, one parameter at a time: under FSDP each is cast to the copy's dtype on its shard
+    and then all-gathered, so the transient is one bf16 parameter, never a full fp32 state dict (30 GB at 7B).
+    The copy's tensors are written in place, so CUDA graphs captured over them stay valid."""
+    targets = dict(infer.named_parameters())
+    for name, param in policy.named_parameters():
+        value = param.detach().to(targets[name].dtype)
+        targets[name].copy_(value.full_tensor() if hasattr(value, "full_tensor") else value)

@@ -320,7 +320,7 @@ class Sampler:
         """Pages this call may use; (re)allocates the pool when it is missing or smaller."""
         cfg, size = self.model.cfg, self.model.embed_tokens.weight.element_size()
         bytes_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * size
-        budget = self.engine.kv_budget_tokens or int(need_tokens * self.scale)
+        budget = self.engine.kv_budget_tokens or need_tokens
         if self.device.type == "cuda" and not self.engine.kv_budget_tokens:
             free = torch.cuda.mem_get_info(self.device)[0] + torch.cuda.memory_reserved(self.device) \
                 - torch.cuda.memory_allocated(self.device) + (self.cache.k.nbytes * 2 if self.cache is not None else 0)

@@ -2,6 +2,7 @@
 
     python tests/fsdp_step.py MODEL_DIR OUT.pt
     torchrun --nproc_per_node 2 tests/fsdp_step.py MODEL_DIR OUT.pt
+    python tests/fsdp_step.py MODEL_DIR OUT.pt bf16     # one-rank group, FSDP2 bf16 compute / fp32 master (CPU too)
 Each rank takes a contiguous share of the groups; rank 0 writes the step loss and the updated weights.
 """
 import os
@@ -32,13 +33,14 @@ def fixed_batch(vocab: int, groups: int = 4, group_size: int = 4) -> update.Batc
     return update.Batch(seqs, old, group_advantages(rewards, group_size), planning)
 
 
-def main(model_dir: str, out_path: str):
-    rank, world, device, is_dist = distributed.dist_init()
+def main(model_dir: str, out_path: str, precision: str = "fp32"):
+    rank, world, device, is_dist = distributed.dist_init(one_rank_group=precision == "bf16")
     torch.manual_seed(0)
     policy, _ = M.load_model(model_dir, tokenizer=False)
     hf_config = policy.hf_config
     if is_dist:
-        policy = distributed.shard_policy(policy, device, activation_checkpointing=False)
+        param_dtype = torch.bfloat16 if precision == "bf16" else None
+        policy = distributed.shard_policy(policy, device, activation_checkpointing=False, param_dtype=param_dtype)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
     full = fixed_batch(policy.cfg.vocab_size if not is_dist else hf_config["vocab_size"])
     rows_per_rank = len(full.seqs) // world
@@ -50,9 +52,10 @@ def main(model_dir: str, out_path: str):
     loss = distributed.all_sum([float(out["loss"])], is_dist)[0]
     state = {k: v.clone() for k, v in distributed.full_state_dict(policy, is_dist).items()}
     if rank == 0:
-        torch.save({"loss": loss, "state": state}, out_path)
+        torch.save({"loss": loss, "state": state, "grad_norm": out["grad_norm"],
+                    "param_dtypes": sorted({str(p.dtype) for p in policy.parameters()})}, out_path)
     distributed.dist_cleanup(is_dist)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])
