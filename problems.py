@@ -47,6 +47,7 @@ FEWSHOT_PREFIX = ("Question: What is 3 + 5?\nAnswer: 3 + 5 = 8. The answer is \\
                   "Question: What is 6 * 2?\nAnswer: 6 * 2 = 12. The answer is \\boxed{12}.\n\n")
 TEMPLATE_STOPS = {"fewshot": ["\n\nQuestion"]}  # the few-shot model would go on to invent the next question
 TEMPLATES = ("auto", "chat", "plain", "fewshot")
+SYSTEM_DEFAULT = "default"  # PromptConfig.system_prompt value that keeps a chat template's own system turn
 
 
 @dataclass
@@ -57,6 +58,8 @@ class Problem:
     difficulty: float | None  # in [0, 1], 0 = easiest; None = unknown (used at every level)
     source: str               # data source name: file stem, the "name:" of "name:path", or "arith"
     location: str = ""        # where the row came from ("data/x.jsonl line 12"), for warnings that name it
+    solution: str | None = None  # reference solution where the data has one (`solution`, GSM8K's text before ####)
+    multiple_answers: bool = False  # the gold is a list of answers (OlympiadBench's `multiple_answers`)
 
 
 # ----------------------------------------------------------------------------- built-in arithmetic
@@ -81,8 +84,13 @@ def _read_rows(path: str):
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
     if path.endswith(".jsonl"):
-        with open(path) as f:
-            for lineno, line in enumerate(f, 1):
+        with open(path, "rb") as f:  # bytes: one bad byte spoils its own row only
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    yield f"line {lineno}", f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+                    continue
                 if line.strip():
                     try:
                         yield f"line {lineno}", json.loads(line)
@@ -96,8 +104,13 @@ def _read_rows(path: str):
             raise ValueError(f"{path}: reading parquet needs pyarrow (pip install pyarrow), or convert it to .jsonl")
         rows = pq.read_table(path).to_pylist()
     elif path.endswith(".json"):
+        data = Path(path).read_bytes()
         try:
-            rows = json.loads(Path(path).read_text())
+            rows = json.loads(data.decode("utf-8-sig"))
+        except UnicodeDecodeError as e:  # one JSON document: a bad byte spoils the whole list
+            line = data[:e.start].count(b"\n") + 1
+            raise ValueError(f"{path}: line {line}: not UTF-8 (byte 0x{data[e.start]:02x}); a .json file is one "
+                             "document, so the row cannot be skipped: fix or remove it (or use .jsonl)")
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: bad JSON at line {e.lineno}: {e.msg}")
     else:
@@ -141,12 +154,15 @@ def _parse_row(row, source: str, location: str) -> Problem:
         answer = str(int(answer)) if float(answer).is_integer() else str(answer)
     if not isinstance(answer, str):
         raise ValueError(f"id {row_id}: answer {answer!r} is not text")
+    solution = row["solution"] if isinstance(row.get("solution"), str) and row["solution"].strip() else None
     if "####" in answer:  # GSM8K's original format: reasoning, then "#### 1,234"
-        answer = answer.split("####")[-1].strip().replace(",", "")
+        reasoning, answer = answer.rsplit("####", 1)
+        solution, answer = solution or reasoning.strip() or None, answer.strip().replace(",", "")
     if (reason := validate_gold(answer)) is not None:
         raise ValueError(f"id {row_id}: unusable gold {answer!r}: {reason}")
     return Problem(row_id, COPIED_INSTRUCTION.sub("", problem.strip()), answer.strip(),
-                   _row_difficulty(row, source, row_id), source)
+                   _row_difficulty(row, source, row_id), source, solution=solution,
+                   multiple_answers=bool(row.get("multiple_answers")))
 
 
 def _resolve(item: str, data_dir: str) -> tuple[str, str]:
@@ -222,6 +238,7 @@ def estimate_difficulty(problems: list[Problem], pass_rate_fn: Callable[[list[Pr
 class PromptConfig:
     template: str = "auto"  # auto | chat | plain | fewshot; auto: the source's own (arith: fewshot), else chat if any, else plain
     suffix: str = "Let's think step by step and output the final answer within \\boxed{}."  # appended by chat and plain
+    system_prompt: str | None = None  # None: no system turn (a chat template's default one removed); 'default': keep it; else the text
 
 
 def _template(problem: Problem, cfg: PromptConfig, tokenizer=None) -> str:
@@ -233,18 +250,77 @@ def _template(problem: Problem, cfg: PromptConfig, tokenizer=None) -> str:
 
 
 def build_prompt(problem: Problem, tokenizer, cfg: PromptConfig) -> str:
-    """chat: the tokenizer's template around problem + suffix (no system prompt of ours);
-    plain: "{problem} {suffix}\\n"; fewshot: FEWSHOT_PREFIX + "Question: {problem}\\nAnswer:"."""
+    """chat: the tokenizer's template around problem + suffix as one user turn, with no system turn unless
+    cfg.system_prompt asks for one; plain: "{problem} {suffix}\\n"; fewshot: FEWSHOT_PREFIX + "Question:
+    {problem}\\nAnswer:". plain and fewshot put a system prompt text, when given, first, then a blank line."""
     template = _template(problem, cfg, tokenizer)
+    system = cfg.system_prompt if cfg.system_prompt not in (None, SYSTEM_DEFAULT) else None
     if template == "fewshot":
-        return f"{FEWSHOT_PREFIX}Question: {problem.problem}\nAnswer:"
+        return (f"{system}\n\n" if system else "") + f"{FEWSHOT_PREFIX}Question: {problem.problem}\nAnswer:"
     text = f"{problem.problem} {cfg.suffix}".strip()
     if template == "plain":
-        return text + "\n"
+        return (f"{system}\n\n" if system else "") + text + "\n"
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("prompt template 'chat' asked for, but the tokenizer has no chat template (use plain)")
-    messages = [{"role": "user", "content": text}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    user = {"role": "user", "content": text}
+    if system is not None:
+        rendered = _render(tokenizer, [{"role": "system", "content": system}, user])
+        if rendered is None or system not in rendered:
+            raise ValueError("the tokenizer's chat template takes no system turn; put the instruction in the "
+                             "problem suffix instead, or leave --system-prompt unset")
+        return rendered
+    rendered = tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
+    if cfg.system_prompt == SYSTEM_DEFAULT:
+        return rendered
+    start, end = default_system_turn(tokenizer, text)
+    return rendered[:start] + rendered[end:]
+
+
+_SYSTEM_MARK, _ASSISTANT_MARK = "SYSTEM-MARK-7f3a1c", "ASSISTANT-MARK-7f3a1c"  # texts no template or problem holds
+
+
+def _render(tokenizer, messages: list[dict], generation: bool = True) -> str | None:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+    except Exception:  # jinja's TemplateError ("System role not supported") or a template's own assertion
+        return None
+
+
+def default_system_turn(tokenizer, text: str) -> tuple[int, int]:
+    """[start, end) of the system turn the chat template adds by itself around user turn `text` ((0, 0): none).
+
+    With a marker system prompt S: render([user]) = pre + D + rest and render([system S, user]) = pre + S + rest
+    means the template puts a default system content D where S goes. The turn's ends come from the template
+    itself: the generation prompt g = render(gen) - render(no gen); the user turn's footer = what separates the
+    user content from an assistant reply, less g; the system turn is assumed to end with the same footer, and
+    to open with the user turn's header with "user" read as "system". A template where these pieces are not
+    found raises ValueError (its turn can be kept with system_prompt='default')."""
+    user = {"role": "user", "content": text}
+    system = {"role": "system", "content": _SYSTEM_MARK}
+    plain, with_system = _render(tokenizer, [user]), _render(tokenizer, [system, user])
+    if with_system is None or with_system.count(_SYSTEM_MARK) != 1:
+        return 0, 0  # the template takes no system turn: nothing of its own to remove
+    at = with_system.index(_SYSTEM_MARK)
+    pre, rest = with_system[:at], with_system[at + len(_SYSTEM_MARK):]
+    if not (plain.startswith(pre) and plain.endswith(rest) and len(plain) >= len(pre) + len(rest)):
+        return 0, 0  # no system turn in the plain render
+    default = plain[len(pre):len(plain) - len(rest)]
+    failed = ValueError("the tokenizer's chat template adds a default system turn that could not be located; "
+                        "pass --system-prompt default to keep it, or a --system-prompt of your own")
+    no_generation = _render(tokenizer, [system, user], generation=False)
+    reply = _render(tokenizer, [system, user, {"role": "assistant", "content": _ASSISTANT_MARK}], generation=False)
+    if no_generation is None or reply is None or not with_system.startswith(no_generation) or text not in rest:
+        raise failed
+    generation_prompt = with_system[len(no_generation):]
+    between = reply[reply.rindex(text) + len(text):reply.index(_ASSISTANT_MARK)]  # user footer + assistant header
+    footer = between[:len(between) - len(generation_prompt)] if between.endswith(generation_prompt) else None
+    middle = rest[:rest.index(text)]  # system footer + user header
+    if footer is None or not middle.startswith(footer) or "user" not in middle[len(footer):]:
+        raise failed
+    start = pre.find(middle[len(footer):].replace("user", "system", 1))
+    if start < 0:
+        raise failed
+    return start, len(pre) + len(default) + len(footer)
 
 
 def stop_strings(cfg: PromptConfig, problems: list[Problem]) -> list[str]:

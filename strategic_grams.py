@@ -25,7 +25,11 @@ gram contains), matched once, and match byte offsets are mapped to tokens throug
 Metrics (entropies in nats, the unit of token entropy; divide by ln 2 for bits):
   semantic entropy H(S) = -sum_g p(g) ln p(g), p(g) = #matches of SG g / #SG matches in the batch;
   conditional entropy H(P|S) = -sum_{g,w} p(g,w) ln p(w|g), w = the n words that follow a match of g;
-  planning ratio; mean entropy and perplexity exp(-mean log p) of planning and of execution tokens.
+  planning ratio; mean entropy and perplexity exp(-mean log p) of planning and of execution tokens;
+  pass_at_8: unbiased pass@8 per sampled group of G >= 8, averaged (HICRA Fig. 8);
+  planning_high_entropy_frac / high_entropy_planning_frac: overlap of planning tokens with the step's top 30%
+  of token entropy, from both sides (HICRA Fig. 9/10); text_metrics: semantic and conditional entropy.
+  train.py computes them over every response sampled in a step, dynamic sampling's dropped groups included.
 Deliberate deviation from the paper:
   - the procedural n-gram (undefined in the paper) is the n words (\w+ or one punctuation mark) after a match.
 
@@ -39,6 +43,7 @@ import itertools
 import json
 import math
 import os
+import random
 import re
 import sys
 import timeit
@@ -49,6 +54,7 @@ import torch
 from transformers import AutoTokenizer
 
 import model
+from eval import pass_at_k
 
 DEFAULT_GRAMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "strategic_grams_hicra.json")
 SEPARATOR = b"\x00"  # joins the responses of a batch; no gram contains it, so no match crosses it
@@ -62,9 +68,12 @@ def normalize_gram(gram: str) -> str:
     return " ".join(gram.lower().replace("’", "'").split())
 
 
-def load_grams(path: str | None = None) -> list[str]:
+def load_grams(path: str | None = None, drop: float = 0.0, seed: int = 0) -> list[str]:
     """Normalised grams (duplicates dropped, order kept) of the paper's file, an sg_build.py output
-    ({"grams": [...]}) or a JSON list; None -> the paper's list."""
+    ({"grams": [...]}) or a JSON list; None -> the paper's list. drop > 0 keeps a random round((1 - drop) * n)
+    of them, chosen by `seed`, in file order (HICRA's SG-sensitivity run: drop = 0.3)."""
+    if not 0 <= drop < 1:
+        raise ValueError(f"--grams-drop must be in [0, 1), got {drop}")
     path = path or DEFAULT_GRAMS
     try:
         with open(path, encoding="utf-8") as f:
@@ -79,7 +88,11 @@ def load_grams(path: str | None = None) -> list[str]:
     for i, gram in enumerate(data):
         if not isinstance(gram, str) or not normalize_gram(gram) or "\x00" in gram:
             raise ValueError(f"{path}: grams[{i}] is {gram!r}, expected a non-empty string without NUL")
-    return list(dict.fromkeys(normalize_gram(g) for g in data))
+    grams = list(dict.fromkeys(normalize_gram(g) for g in data))
+    if drop:
+        kept = set(random.Random(seed).sample(range(len(grams)), max(1, round((1 - drop) * len(grams)))))
+        grams = [g for i, g in enumerate(grams) if i in kept]
+    return grams
 
 
 def _trie_regex(node: dict, last: str) -> str:
@@ -251,6 +264,36 @@ def hierarchy_token_stats(entropy: torch.Tensor, logprobs: torch.Tensor, plannin
         stats[f"{name}_entropy"] = torch.where(chosen, entropy.float(), 0.0).sum() / count
         stats[f"{name}_ppl"] = torch.exp(-torch.where(chosen, logprobs.float(), 0.0).sum() / count)
     return stats
+
+
+def pass_at_8(correct: list[list[bool]], k: int = 8) -> float:
+    """Unbiased pass@k (eval.pass_at_k, k = 8) of every sampled group with at least k responses, averaged over
+    those groups (HICRA Fig. 8); NaN when no group has k responses."""
+    rates = [pass_at_k(len(group), sum(group), k) for group in correct if len(group) >= k]
+    return sum(rates) / len(rates) if rates else float("nan")
+
+
+def high_entropy_planning_stats(entropy: torch.Tensor, planning_mask: torch.Tensor, mask: torch.Tensor,
+                                top: float = 0.3) -> dict[str, torch.Tensor]:
+    """All (B, T), every response sampled in a step -> 0-dim (HICRA Fig. 9/10):
+        planning_high_entropy_frac = #(planning & high) / #planning     planning tokens that are high-entropy
+        high_entropy_planning_frac = #(planning & high) / #high         high-entropy tokens that are planning
+    high = the floor(top * N + 1/2) highest-entropy of the step's N valid tokens (ties: the earlier token in
+    row-major order). An empty denominator gives NaN; pads are excluded by selection."""
+    valid, planning = mask.bool(), planning_mask.bool()  # (B, T)
+    scores = torch.where(valid, entropy.float(), float("-inf")).reshape(-1)  # (B*T,) pads sort last
+    order = torch.sort(scores, descending=True, stable=True).indices  # (B*T,)
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel()))  # (B*T,) place in that order
+    high = (rank.view(valid.shape) < torch.floor(valid.sum() * top + 0.5)) & valid  # (B, T)
+    both = (high & planning).sum().float()  # 0-dim
+    return {"planning_high_entropy_frac": both / (planning & valid).sum().float(),
+            "high_entropy_planning_frac": both / high.sum().float()}
+
+
+def text_metrics(texts: list[str], matcher: GramMatcher, n: int = 3) -> dict[str, float]:
+    """semantic_entropy and conditional_entropy (nats) over every response text sampled in a step."""
+    return {"semantic_entropy": semantic_entropy(matcher.matched_grams(texts)) + 0.0,  # + 0.0: never "-0"
+            "conditional_entropy": conditional_entropy(texts, matcher, n) + 0.0}
 
 
 # ----------------------------------------------------------------------------- command line

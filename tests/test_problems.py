@@ -90,6 +90,31 @@ def test_a_file_of_mostly_bad_rows_is_refused(tmp_path, rows, message):
         P.load_problems(path, verbose=False)
 
 
+def test_a_non_utf8_byte_skips_its_row_naming_file_and_line(tmp_path, capsys):
+    good = b'{"id": "g%d", "problem": "p", "answer": "1"}\n'
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(good % 1 + b'{"id": "x", "problem": "caf\xe9", "answer": "1"}\n' + good % 2 + good % 3)
+    assert [p.id for p in P.load_problems(str(path))] == ["g1", "g2", "g3"]
+    assert re.search(r"skipped .*latin\.jsonl line 2: not UTF-8 \(byte 0xe9 at column 28\)", capsys.readouterr().out)
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + good % 1)  # a UTF-8 byte-order mark is not an error
+    assert [p.id for p in P.load_problems(str(tmp_path / "bom.jsonl"), strict=True)] == ["g1"]
+    (tmp_path / "latin.json").write_bytes(b'[\n{"id": "a", "problem": "p", "answer": "1"},\n{"problem": "\xe9"}]')
+    with pytest.raises(ValueError, match=r"latin\.json: line 3: not UTF-8 \(byte 0xe9\)"):
+        P.load_problems(str(tmp_path / "latin.json"))
+
+
+def test_reference_solutions_and_multiple_answers_are_kept():
+    rows = [json.loads(line) for line in open(os.path.join(DATA_DIR, "math500.jsonl"))]
+    math500 = P.load_problems("math500", verbose=False)
+    assert [p.solution for p in math500] == [r["solution"] for r in rows] and math500[0].solution
+    assert all(p.solution is None for p in P.load_problems("aime25", verbose=False))
+    olympiad = [json.loads(line) for line in open(os.path.join(DATA_DIR, "olympiadbench.jsonl"))]
+    assert [p.multiple_answers for p in P.load_problems("olympiadbench", verbose=False)] == \
+        [bool(r.get("multiple_answers")) for r in olympiad] and any(r.get("multiple_answers") for r in olympiad)
+    gsm = P._parse_row({"id": "q", "problem": "p", "answer": "3 + 4 = 7 apples.\n#### 7"}, "gsm8k", "line 1")
+    assert (gsm.answer, gsm.solution) == ("7", "3 + 4 = 7 apples.")
+
+
 def test_spec_errors(tmp_path):
     with pytest.raises(ValueError, match=r"no_such_bench.*benchmarks: aime24, .*math500.*arith"):
         P.load_problems("no_such_bench")
@@ -167,6 +192,72 @@ def test_prompt_templates():
         P.build_prompt(math, SimpleNamespace(chat_template=None), PromptConfig(template="chat"))
     with pytest.raises(ValueError, match="prompt template 'fancy' unknown"):
         P.build_prompt(math, None, PromptConfig(template="fancy"))
+
+
+# Chat templates written into a copy of the embedded model's tokenizer folder (expected prompts by hand below).
+QWEN = ("{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"
+        "{%- else %}{{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+        "<|im_end|>\n' }}{%- endif %}{%- for message in messages %}{%- if not (message.role == 'system' and loop.first)"
+        " %}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}{%- endif %}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}")
+LLAMA = ("<|begin_of_text|>{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}{% set messages"
+         " = messages[1:] %}{% else %}{% set sys = '' %}{% endif %}<|start_header_id|>system<|end_header_id|>\n\nCutting "
+         "Knowledge Date: December 2023\n\n{{ sys }}<|eot_id|>{% for m in messages %}<|start_header_id|>{{ m['role'] }}"
+         "<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
+         "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+NO_SYSTEM_ROLE = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+                  "{% endif %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+                  "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+UNLIKE_TURNS = ("{% if messages[0]['role'] == 'system' %}[SYS]{{ messages[0]['content'] }}[/SYS]\n{% set messages = "
+                "messages[1:] %}{% else %}[SYS]Default helper.[/SYS]\n{% endif %}{% for m in messages %}<{{ m['role'] }}>"
+                "{{ m['content'] }}</{{ m['role'] }}>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+@pytest.fixture
+def chat_tokenizer(tmp_path, default_model_path):
+    import shutil
+    from transformers import AutoTokenizer
+
+    def make(template):
+        folder = tmp_path / f"tok{len(os.listdir(tmp_path))}"
+        folder.mkdir()
+        for name in os.listdir(default_model_path):
+            if name.startswith(("tokenizer", "special_tokens")):
+                shutil.copy(os.path.join(default_model_path, name), folder)
+        (folder / "chat_template.jinja").write_text(template)
+        return AutoTokenizer.from_pretrained(folder)
+    return make
+
+
+def test_chat_prompts_have_no_system_turn_unless_one_is_asked_for(chat_tokenizer, default_model_path):
+    from transformers import AutoTokenizer
+    math = Problem("m", "Find x.", "2", 0.5, "math500")
+    user = "Find x. Let's think step by step and output the final answer within \\boxed{}."
+    chatml_user = f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    none, default, brief = PromptConfig(), PromptConfig(system_prompt="default"), PromptConfig(system_prompt="Be brief.")
+    qwen = chat_tokenizer(QWEN)
+    assert P.build_prompt(math, qwen, none) == chatml_user
+    assert P.build_prompt(math, qwen, default) == ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are "
+                                                   "a helpful assistant.<|im_end|>\n" + chatml_user)
+    assert P.build_prompt(math, qwen, brief) == "<|im_start|>system\nBe brief.<|im_end|>\n" + chatml_user
+    smollm = AutoTokenizer.from_pretrained(default_model_path)  # its own template adds "You are ... named SmolLM"
+    assert "SmolLM" in P.build_prompt(math, smollm, default) and P.build_prompt(math, smollm, none) == chatml_user
+    plain_chatml = chat_tokenizer(CHATML)  # adds nothing of its own: unchanged
+    assert P.build_prompt(math, plain_chatml, none) == P.build_prompt(math, plain_chatml, default) == chatml_user
+    llama = chat_tokenizer(LLAMA)
+    assert P.build_prompt(math, llama, none) == (f"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{user}"
+                                                 "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert "Cutting Knowledge Date: December 2023\n\nBe brief.<|eot_id|>" in P.build_prompt(math, llama, brief)
+    gemma = chat_tokenizer(NO_SYSTEM_ROLE)
+    assert P.build_prompt(math, gemma, none) == f"<start_of_turn>user\n{user}<end_of_turn>\n<start_of_turn>model\n"
+    with pytest.raises(ValueError, match="takes no system turn"):
+        P.build_prompt(math, gemma, brief)
+    with pytest.raises(ValueError, match="default system turn that could not be located.*--system-prompt default"):
+        P.build_prompt(math, chat_tokenizer(UNLIKE_TURNS), none)
+    assert P.build_prompt(math, None, PromptConfig(template="plain", system_prompt="Be brief.")) == \
+        f"Be brief.\n\n{user}\n"
 
 
 # ----------------------------------------------------------------------------- estimated difficulty

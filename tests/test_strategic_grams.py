@@ -272,6 +272,40 @@ def test_planning_ratio_and_hierarchy_stats_by_hand():
     assert math.isnan(sg.planning_token_ratio(planning, torch.zeros_like(mask)).item())
 
 
+def test_pass_at_8_by_hand():
+    groups = [[False] * 8, [True] + [False] * 7, [True, True] + [False] * 14, [True] * 4]  # the 4-group is skipped
+    # n = 8, c = 1: n - c < 8 so pass@8 = 1; n = 16, c = 2: 1 - C(14, 8) / C(16, 8) = 1 - 3003 / 12870
+    assert sg.pass_at_8(groups) == pytest.approx((0 + 1 + (1 - 3003 / 12870)) / 3, abs=1e-12)
+    assert math.comb(14, 8) == 3003 and math.comb(16, 8) == 12870
+    assert math.isnan(sg.pass_at_8([[True] * 4, [False] * 7]))
+
+
+def test_high_entropy_planning_stats_by_hand():
+    nan = float("nan")
+    entropy = torch.tensor([[5.0, 1.0, 4.0, 0.0, nan], [2.0, 3.0, 3.0, 9.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 1]])  # (0, 4) and (1, 3) are padding: 8 valid tokens
+    planning = torch.tensor([[1, 0, 0, 1, 1], [0, 1, 1, 1, 0]], dtype=torch.bool)  # valid planning: 4 tokens
+    # top 30%: floor(2.4 + 0.5) = 2 tokens, (0, 0) = 5 and (0, 2) = 4 (the pad's 9 does not count); planning: (0, 0)
+    stats = sg.high_entropy_planning_stats(entropy, planning, mask)
+    assert stats["planning_high_entropy_frac"].item() == 1 / 4 and stats["high_entropy_planning_frac"].item() == 1 / 2
+    # top 3 of 8: 5, 4 and the earlier of the two 3s, (1, 1), which is planning: 2 of 4 planning, 2 of 3 high
+    stats = sg.high_entropy_planning_stats(entropy, planning, mask, top=3 / 8)
+    assert stats["planning_high_entropy_frac"].item() == 2 / 4
+    assert stats["high_entropy_planning_frac"].item() == pytest.approx(2 / 3)
+    empty = sg.high_entropy_planning_stats(entropy, planning, torch.zeros_like(mask))
+    assert all(math.isnan(v.item()) for v in empty.values())
+
+
+def test_text_metrics_are_the_two_entropies():
+    texts = ["Wait, x = 1. But we add. Wait, x = 1.", "wait: y = 2 and", "but we add it"]
+    matcher = sg.GramMatcher(["wait", "but"])
+    got = sg.text_metrics(texts, matcher)
+    assert got == {"semantic_entropy": sg.semantic_entropy(matcher.matched_grams(texts)),
+                   "conditional_entropy": sg.conditional_entropy(texts, matcher)}
+    assert got["semantic_entropy"] == pytest.approx(-(3 / 5 * math.log(3 / 5) + 2 / 5 * math.log(2 / 5)))
+    assert str(sg.text_metrics(["none"], matcher)["semantic_entropy"]) == "0.0"
+
+
 # ----------------------------------------------------------------------------- gram files
 
 def test_load_grams(tmp_path):
@@ -290,6 +324,19 @@ def test_load_grams(tmp_path):
             sg.load_grams(str(tmp_path / name))
     with pytest.raises(ValueError, match="missing.json: cannot read"):
         sg.load_grams(str(tmp_path / "missing.json"))
+
+
+def test_load_grams_drop_keeps_a_seeded_70_percent_in_file_order():
+    full = sg.load_grams()
+    kept = sg.load_grams(drop=0.3, seed=1)
+    assert len(kept) == 174  # round(0.7 * 249)
+    remaining = iter(full)
+    assert all(any(g == f for f in remaining) for g in kept)  # a subsequence: file order kept
+    assert kept == sg.load_grams(drop=0.3, seed=1) != sg.load_grams(drop=0.3, seed=2)
+    assert sg.load_grams(drop=0.0, seed=5) == full
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="--grams-drop"):
+            sg.load_grams(drop=bad)
 
 
 def test_cli_show(tmp_path, byte_level, capsys):
