@@ -46,7 +46,8 @@ _UNICODE = str.maketrans({"−": "-", "–": "-", "×": "\\times ", "÷": "\\div
                           "√": "\\sqrt", "∞": "\\infty ", "°": "^\\circ", "≤": "\\le ", "≥": "\\ge ", "≠": "\\ne ",
                           "∪": "\\cup ", "∈": "\\in ", "\u2009": " ", "\u00a0": " ", "\n": " ", "\t": " "})
 _SUBS = [(re.compile(p), r) for p, r in [
-    (r"\\(?:left|right)\.|\\(?:left|right|[bB]igg?[lr]?|displaystyle)(?![a-zA-Z])", ""),
+    (r"(?<!\\)\$", ""), (r"\\(?:left|right)\.|\\(?:left|right|[bB]igg?[lr]?|displaystyle)(?![a-zA-Z])", ""),
+    (r"\\varnothing(?![a-zA-Z])|\\\{\s*\\\}", r"\\emptyset"),
     (r"\\q?quad(?![a-zA-Z])", ","), (r"\\[,;:! ]|~", " "), (r"\\[dtc]frac", r"\\frac"), (r"\{,\}", ","), (r";", ","),
     (r"\\(?:le|leqq|leqslant)(?![a-zA-Z])|<=|\u2a7d", r"\\leq"), (r"\\(?:ge|geqq|geqslant)(?![a-zA-Z])|>=|\u2a7e", r"\\geq"),
     (r"\\ne(?![a-zA-Z])|!=|\\not\s*=", r"\\neq"), (r"\\lt(?![a-zA-Z])", "<"), (r"\\gt(?![a-zA-Z])", ">"),
@@ -364,6 +365,8 @@ def _compare(p: tuple, g: tuple, slow) -> bool | None:
         return _compare_equations(p, g, slow)
     if p[0] in ("list", "set") and g[0] in ("list", "set") or p[0] == g[0] == "union":
         return _unordered(p[1], g[1], slow)
+    if {p[0], g[0]} == {"set", "atom"} and len((p if p[0] == "set" else g)[1]) == 1:  # \\{3\\} and 3
+        return _compare(p[1][0] if p[0] == "set" else p, g[1][0] if g[0] == "set" else g, slow)
     if p[0] != g[0]:
         return False if _known(p) and _known(g) else None
     if p[0] == "atom":

@@ -233,6 +233,20 @@ def bench(cfg: RewardConfig, workers: int):
               f"in {time.perf_counter() - t:.3f} s")
 
 
+_NEGATIVE_NUMBER = re.compile(r"-\d+|-\d*\.\d+")  # argparse already reads these as positionals
+
+
+def _protect_answers(argv: list[str]) -> list[str]:
+    """Mark arguments that start with '-' but are answers (`-\\frac{1}{2}`, `-x`), not flags, so that argparse
+    takes them as positionals; _unprotect removes the mark."""
+    return ["\0" + a if a[:1] == "-" and a[:2] != "--" and a != "-h" and not _NEGATIVE_NUMBER.fullmatch(a) else a
+            for a in argv]
+
+
+def _unprotect(value: str | None) -> str | None:
+    return value[1:] if value and value[0] == "\0" else value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -243,7 +257,8 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2, help="worker processes for the --bench batch run")
     parser.add_argument("--serve", choices=("sympy", "score"), help=argparse.SUPPRESS)
     add_dataclass_args(parser, RewardConfig)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_protect_answers(sys.argv[1:] if argv is None else list(argv)))
+    args.response, args.gold = _unprotect(args.response), _unprotect(args.gold)
     if args.serve:
         return _serve(args.serve)
     try:
