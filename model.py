@@ -349,22 +349,7 @@ def load_model(name_or_path: str | None = None, device="cpu", dtype=torch.float3
     The tokenizer is None when not asked for or when the folder has no tokenizer files.
     """
     folder = resolve_path(name_or_path)
-    hf_config = read_hf_config(folder)
-    cfg = ModelConfig.from_hf(hf_config, where=os.path.join(folder, "config.json"))
-    tensors = read_state_dict(folder)
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    model.to_empty(device=device)  # (inv_freq is recomputed in fp32 by Transformer._apply)
-    model.tie_weights()
-    for name, param in model.named_parameters():  # tied lm_head is listed once, as embed_tokens
-        if name not in tensors:
-            raise ValueError(f"{folder}: missing weight {name!r}")
-        if tensors[name].shape != param.shape:
-            raise ValueError(f"{folder}: weight {name!r} has shape {tuple(tensors[name].shape)}, config implies {tuple(param.shape)}")
-        with torch.no_grad():
-            param.copy_(tensors[name])
-    model = model.to(dtype).eval()
-    model.hf_config = hf_config  # kept so save_hf writes back the same config
+    model = build_model(read_hf_config(folder), read_state_dict(folder), device, dtype, where=folder)
     model.name_or_path = folder
     tok = None
     has_tokenizer = any(os.path.exists(os.path.join(folder, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
@@ -372,6 +357,28 @@ def load_model(name_or_path: str | None = None, device="cpu", dtype=torch.float3
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(folder)
     return model, tok
+
+
+def build_model(hf_config: dict, tensors: dict, device="cpu", dtype=torch.float32, where: str = "weights"):
+    """A Transformer in eval mode from a transformers config dict and its weights ({name without `model.`:
+    tensor}, e.g. read_state_dict). Parameters are made in `dtype` on `device` before the copy, so a bf16 model
+    never passes through fp32 there."""
+    cfg = ModelConfig.from_hf(hf_config, where=os.path.join(where, "config.json"))
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model.to_empty(device=device)  # (inv_freq is recomputed in fp32 by Transformer._apply)
+    model.to(dtype)
+    model.tie_weights()
+    for name, param in model.named_parameters():  # tied lm_head is listed once, as embed_tokens
+        if name not in tensors:
+            raise ValueError(f"{where}: missing weight {name!r}")
+        if tensors[name].shape != param.shape:
+            raise ValueError(f"{where}: weight {name!r} has shape {tuple(tensors[name].shape)}, config implies {tuple(param.shape)}")
+        with torch.no_grad():
+            param.copy_(tensors[name])
+    model.eval()
+    model.hf_config = hf_config  # kept so save_hf writes back the same config
+    return model
 
 
 def save_hf(state_dict: dict, hf_config: dict, out_dir: str, tokenizer=None, dtype=None):

@@ -36,7 +36,7 @@ def fixed_batch(vocab: int, groups: int = 4, group_size: int = 4) -> update.Batc
 def main(model_dir: str, out_path: str, precision: str = "fp32"):
     rank, world, device, is_dist = distributed.dist_init(one_rank_group=precision == "bf16")
     torch.manual_seed(0)
-    policy, _ = M.load_model(model_dir, tokenizer=False)
+    policy, _ = M.load_model(model_dir, device=device, tokenizer=False)
     hf_config = policy.hf_config
     if is_dist:
         param_dtype = torch.bfloat16 if precision == "bf16" else None
@@ -50,7 +50,7 @@ def main(model_dir: str, out_path: str, precision: str = "fp32"):
     loss_cfg = LossConfig(eps_low=0.2, eps_high=0.28, agg="token-mean")
     out = update.ppo_update(policy, optimizer, batch, cfg, loss_cfg, 1, 1e-2, world, is_dist, device)
     loss = distributed.all_sum([float(out["loss"])], is_dist)[0]
-    state = {k: v.clone() for k, v in distributed.full_state_dict(policy, is_dist).items()}
+    state = {k: v.detach().cpu().clone() for k, v in distributed.full_state_dict(policy, is_dist).items()}
     if rank == 0:
         torch.save({"loss": loss, "state": state, "grad_norm": out["grad_norm"],
                     "param_dtypes": sorted({str(p.dtype) for p in policy.parameters()})}, out_path)
