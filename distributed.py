@@ -105,3 +105,28 @@ def refresh_inference_copy(policy, infer):
     for name, param in policy.named_parameters():
         value = param.detach().to(targets[name].dtype)
         targets[name].copy_(value.full_tensor() if hasattr(value, "full_tensor") else value)
+
+
+def memory_plan(model_cfg, world: int, micro_batch_tokens: int, activation_checkpointing: bool, kv_bytes: int = 0,
+                sampler_copy: bool = True, chunk_rows: int = 512) -> list[tuple[str, int]]:
+    """Per-rank bytes of a bf16-compute / fp32-master training run, [(what, bytes)], last row the total.
+
+    Estimates, from the shapes (N parameters, h hidden, i MLP width, kv = H_kv * D, L layers, V vocabulary):
+      fp32 master weights, gradients, AdamW moments   4N + 4N + 8N, sharded over the ranks
+      bf16 sampler copy                                2N on every rank (refreshed after each optimizer step)
+      activations of one micro-batch of T tokens       T * L * (22h + 10i + 8kv) bytes, what our blocks keep for
+                                                       backward in bf16 (norm statistics in fp32); with activation
+                                                       checkpointing T * (L * 2h + one block's worth)
+      logprob chunk                                    3 * chunk_rows * V * 4 (fp32 logits, softmax, gradient)
+      KV pool                                          kv_bytes (rollout.Sampler sizes it from free memory)"""
+    c = model_cfg
+    n = (c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2)
+         + c.num_layers * (c.hidden_size * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+                           + c.num_heads * c.head_dim * c.hidden_size + 3 * c.hidden_size * c.intermediate_size))
+    per_layer = 22 * c.hidden_size + 10 * c.intermediate_size + 8 * c.num_kv_heads * c.head_dim
+    activations = micro_batch_tokens * ((c.num_layers * 2 * c.hidden_size + per_layer) if activation_checkpointing
+                                        else c.num_layers * per_layer)
+    rows = [("fp32 weights + grads + AdamW (sharded)", 16 * n // world), ("bf16 sampler copy", 2 * n if sampler_copy else 0),
+            (f"activations, {micro_batch_tokens} tokens{' (checkpointed)' if activation_checkpointing else ''}", activations),
+            ("logprob chunk", 3 * chunk_rows * c.vocab_size * 4), ("KV pool", kv_bytes)]
+    return rows + [("total", sum(b for _, b in rows))]

@@ -236,3 +236,23 @@ def test_out_of_memory_retry_frees_then_halves(tiny_checkpoint, monkeypatch, cap
     monkeypatch.setattr(sampler, "_generate", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("x")))
     with pytest.raises(torch.cuda.OutOfMemoryError):
         sampler.generate(random_prompts(ours.cfg.vocab_size, [4]), R.SamplingParams(max_new_tokens=4))
+
+
+# memory plan ---------------------------------------------------------------------------------------------------------
+
+def test_memory_plan_counts():
+    """Parameter bytes match a real (meta-device) model of the Qwen2.5-1.5B shape; activations follow the formula
+    by hand; checkpointing cuts them by the layer count's factor."""
+    hf = dict(model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+              num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True)
+    cfg = M.ModelConfig.from_hf(hf)
+    with torch.device("meta"):
+        params = sum(p.numel() for p in M.Transformer(cfg).parameters())
+    plan = dict(distributed.memory_plan(cfg, world=8, micro_batch_tokens=1000, activation_checkpointing=False))
+    assert abs(plan["fp32 weights + grads + AdamW (sharded)"] - 16 * params / 8) / (16 * params / 8) < 1e-3
+    assert plan["bf16 sampler copy"] == pytest.approx(2 * params, rel=1e-3)
+    per_layer = 22 * 1536 + 10 * 8960 + 8 * 256  # 125,440 bytes per token per layer
+    assert plan["activations, 1000 tokens"] == 1000 * 28 * per_layer
+    checkpointed = dict(distributed.memory_plan(cfg, 8, 1000, True))["activations, 1000 tokens (checkpointed)"]
+    assert checkpointed == 1000 * (28 * 2 * 1536 + per_layer)
+    assert plan["total"] == sum(v for k, v in plan.items() if k != "total")
