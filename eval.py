@@ -1,7 +1,8 @@
 """Offline evaluation: pass@1 over k samples, unbiased pass@k and maj@k on the math benchmarks in data/.
 
 For every problem of every benchmark (data/<name>.jsonl; `gsm8k` means data/gsm8k_test.jsonl) k responses
-are sampled with rollout.py (temperature 0.6, top-p 1.0 as in the HGRPO paper), the final answer is taken
+are sampled with rollout.py at the papers' protocol (recipes.EVAL_PROTOCOL: k = 32 on AIME24/25, 4 on AMC23,
+16 elsewhere, `--k paper`; temperature 0.6, top-p 1.0), the final answer is taken
 from the last \\boxed{} and judged against the gold answer by reward.py (sympy equivalence under a time
 limit; OlympiadBench rows with `multiple_answers` are judged as answer lists). With c of the n = k samples
 of a problem correct:
@@ -37,6 +38,12 @@ entries, with the chunk's own seed, so the regenerated samples are the ones that
 Deviations from the papers: max_new_tokens defaults to 512 (32768 in the papers) so that CPU runs end;
 answers come from \\boxed{} only unless --answer-fallbacks.
 
+Validation during training (validate, validation_set): problems disjoint from the training data, either held
+out of it (removed from training together with every problem of the same normalised text) or taken from
+other data, where any overlap, by id or by normalised problem text, is a ValueError that names it.
+A .jsonl benchmark is read as training reads data (problems.load_problems): a malformed line is skipped and
+named by file and line.
+
 Run:
     python eval.py --model PATH|default --benchmarks math500,aime24,aime25,amc23,minerva,olympiadbench,gsm8k --k 16
     python eval.py --benchmarks gsm8k --limit 50 --k 4 --max-new-tokens 256
@@ -51,6 +58,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -64,6 +72,7 @@ from cli import add_dataclass_args, dataclass_from_args
 from distributed import dist_cleanup, dist_init
 from model import load_model
 from problems import PromptConfig, build_prompt, load_problems, stop_strings
+from recipes import EVAL_PROTOCOL, paper_k
 from reward import extract_answer, is_equiv
 from rollout import EngineConfig, SamplingParams, generate
 
@@ -79,10 +88,10 @@ SELECTION_FIELDS = ("benchmarks", "k", "limit")  # may change on --resume (saved
 class EvalConfig:
     model: str = "default"  # HF-format checkpoint folder, or "default" (the embedded SmolLM2-135M-Instruct)
     benchmarks: str = "math500"  # comma-separated: math500,aime24,aime25,amc23,minerva,olympiadbench,gsm8k or .jsonl paths
-    k: str = "4"  # samples per problem: "16", or per benchmark "aime24:32,math500:4" (a bare number sets the rest)
+    k: str = "paper"  # samples per problem: "paper" (32 AIME, 4 AMC23, 16 else), "16", "aime24:32,paper", "4,math500:16"
     limit: Optional[int] = None  # evaluate only the first N problems of each benchmark
-    temperature: float = 0.6  # sampling temperature (HGRPO paper)
-    top_p: float = 1.0  # nucleus sampling threshold (1.0 = off)
+    temperature: float = EVAL_PROTOCOL["temperature"]  # sampling temperature (the papers' 0.6)
+    top_p: float = EVAL_PROTOCOL["top_p"]  # nucleus sampling threshold (1.0 = off, the papers')
     top_k: int = 0  # sample among the k most likely tokens (0 = off)
     max_new_tokens: int = 512  # response length limit (32768 in the papers; small so CPU runs end)
     template: str = "auto"  # prompt template (problems.PromptConfig): auto = the tokenizer's chat template if any
@@ -186,13 +195,6 @@ def benchmark_path(name: str) -> str:
     raise ValueError(f"unknown benchmark {name!r} (available: {', '.join(BENCHMARK_FILES)}, or a .jsonl path)")
 
 
-def multiple_answer_ids(path: str) -> set:
-    """Ids of rows flagged `multiple_answers` (OlympiadBench): their gold is a list of answers."""
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return {str(row["id"]) for row in rows if row.get("multiple_answers")}
-
-
 def load_benchmarks(spec: str, limit: Optional[int] = None) -> dict:
     """"math500,gsm8k" -> {benchmark name: its first `limit` problems}; a .jsonl path is named by its stem."""
     names = [name.strip() for name in spec.split(",") if name.strip()]
@@ -202,21 +204,22 @@ def load_benchmarks(spec: str, limit: Optional[int] = None) -> dict:
     problems_by_benchmark = {}
     for name, path in zip(names, paths):
         key = name if name in BENCHMARK_FILES else os.path.splitext(os.path.basename(path))[0]
-        problems = load_problems(path, verbose=False)[:limit]
-        multi = multiple_answer_ids(path)
-        for problem in problems:  # a Problem (problems.py) does not carry the flag; eval reads it from the row
-            problem.multiple_answers = str(problem.id) in multi
-        problems_by_benchmark[key] = problems
+        problems_by_benchmark[key] = load_problems(path, verbose=False)[:limit]  # bad rows skipped and named
     return problems_by_benchmark
 
 
 def parse_k(spec: str, benchmarks: list) -> dict:
-    """"16" -> 16 for all; "aime24:32,math500:4" -> per benchmark; a bare number is the default for the rest."""
+    """"16" -> 16 for all; "aime24:32,math500:4" -> per benchmark; a bare number is the default for the rest;
+    "paper" -> the papers' k of each benchmark not named (recipes.paper_k)."""
     default, per_benchmark = None, {}
     for part in (p.strip() for p in str(spec).split(",")):
         name, _, value = part.rpartition(":")
+        if part == "paper":
+            default = paper_k
+            continue
         if not value.isdigit() or int(value) < 1 or (":" in part and not name):
-            raise ValueError(f"--k: bad part {part!r} (want N or benchmark:N with N >= 1, e.g. aime24:32,math500:4)")
+            raise ValueError(f"--k: bad part {part!r} (want N, benchmark:N with N >= 1 or 'paper', e.g. "
+                             "aime24:32,math500:4)")
         if not name:
             default = int(value)
         elif name not in benchmarks:
@@ -226,7 +229,7 @@ def parse_k(spec: str, benchmarks: list) -> dict:
     missing = [b for b in benchmarks if b not in per_benchmark and default is None]
     if missing:
         raise ValueError(f"--k gives no sample count for {', '.join(missing)} (add a bare number as default)")
-    return {b: per_benchmark.get(b, default) for b in benchmarks}
+    return {b: per_benchmark.get(b, default(b) if callable(default) else default) for b in benchmarks}
 
 
 def chunk_seed(seed: int, benchmark: str, ids: list) -> int:
@@ -415,6 +418,44 @@ def validate(model, tokenizer, problems, cfg: Optional[EvalConfig] = None, rank:
         return evaluate(make_sampler(model, tokenizer, cfg), problems_by_benchmark, cfg, None, rank, world_size)
     finally:
         model.train(was_training)
+
+
+def normalized_problem(text: str) -> str:
+    """A problem's text for overlap checks: lower-cased, whitespace runs collapsed."""
+    return " ".join(text.lower().split())
+
+
+def check_disjoint(validation: list, training: list, where: str = "--eval-data") -> None:
+    """ValueError naming the validation problems that are also training problems, by id or by normalised text."""
+    ids, texts = {p.id for p in training}, {normalized_problem(p.problem) for p in training}
+    same_id = [p.id for p in validation if p.id in ids]
+    same_text = [f"{p.id} ({p.problem[:40]!r})" for p in validation
+                 if p.id not in ids and normalized_problem(p.problem) in texts]
+    if same_id or same_text:
+        raise ValueError(f"{where}: {len(same_id) + len(same_text)} of {len(validation)} validation problems are also "
+                         f"training problems (same id: {same_id[:5]}; same problem text: {same_text[:3]}): validate on "
+                         "other data, or leave --eval-data unset to hold problems out of the training data")
+
+
+def validation_set(training: list, n: int, seed: int, eval_data: Optional[str] = None) -> tuple[list, list]:
+    """(training problems, n validation problems) disjoint by id and normalised text. Without eval_data, n problems
+    drawn by `seed` are held out of the training data, which loses them and every problem of the same text;
+    with it, n problems drawn from eval_data, which must not overlap the training data (check_disjoint)."""
+    if n < 1:
+        raise ValueError(f"--eval-limit must be >= 1, got {n}")
+    rng = random.Random(seed)
+    if eval_data is None:
+        held_out = rng.sample(training, min(n, len(training) - 1))
+        texts = {normalized_problem(p.problem) for p in held_out}
+        kept = [p for p in training if normalized_problem(p.problem) not in texts]
+        if not kept:
+            raise ValueError(f"holding {len(held_out)} validation problems out leaves no training data; lower "
+                             "--eval-limit or give --eval-data")
+        return kept, held_out
+    pool = load_problems(eval_data, seed=seed + 1, verbose=False)
+    held_out = rng.sample(pool, min(n, len(pool)))
+    check_disjoint(held_out, training, f"--eval-data {eval_data}")
+    return training, held_out
 
 
 def format_table(results: dict) -> str:

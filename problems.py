@@ -79,7 +79,7 @@ def arithmetic_problems(level: int, n: int, seed: int) -> list[Problem]:
 
 
 # ----------------------------------------------------------------------------- loading
-def _read_rows(path: str):
+def read_rows(path: str):
     """Yield (location, row or a one-line error) for each row of a .jsonl, .json (a list) or .parquet file."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
@@ -192,7 +192,7 @@ def load_problems(spec: str | list[str], data_dir: str = DATA_DIR, arith_per_lev
             loaded = [p for level in range(1, 6) for p in arithmetic_problems(level, arith_per_level, seed)]
         else:
             source, path = _resolve(item, data_dir)
-            for location, row in _read_rows(path):
+            for location, row in read_rows(path):
                 try:
                     loaded.append(replace(_parse_row(row, source, location), location=f"{path} {location}"))
                 except ValueError as e:
@@ -272,10 +272,14 @@ def build_prompt(problem: Problem, tokenizer, cfg: PromptConfig) -> str:
     rendered = tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
     if cfg.system_prompt == SYSTEM_DEFAULT:
         return rendered
-    start, end = default_system_turn(tokenizer, text)
-    return rendered[:start] + rendered[end:]
+    known = _TURNS.get(id(tokenizer))  # the turn does not depend on the problem: found once per template
+    if not (known and known[0] == tokenizer.chat_template and rendered[known[1]:known[2]] == known[3]):
+        start, end = default_system_turn(tokenizer, text)
+        known = _TURNS[id(tokenizer)] = (tokenizer.chat_template, start, end, rendered[start:end])
+    return rendered[:known[1]] + rendered[known[2]:]
 
 
+_TURNS = {}  # id(tokenizer) -> (its chat template, start, end, text) of the default system turn default_system_turn found
 _SYSTEM_MARK, _ASSISTANT_MARK = "SYSTEM-MARK-7f3a1c", "ASSISTANT-MARK-7f3a1c"  # texts no template or problem holds
 
 

@@ -110,12 +110,60 @@ def test_parse_k():
         E.parse_k("4,amc23:8", ["aime24"])
 
 
+def test_the_default_is_the_papers_evaluation_protocol():
+    benchmarks = ["aime24", "aime25", "amc23", "math500", "gsm8k"]
+    cfg = E.EvalConfig()
+    assert (cfg.k, cfg.temperature, cfg.top_p) == ("paper", 0.6, 1.0)
+    assert E.parse_k(cfg.k, benchmarks) == {"aime24": 32, "aime25": 32, "amc23": 4, "math500": 16, "gsm8k": 16}
+    assert E.parse_k("paper,math500:4", ["amc23", "math500", "minerva"]) == {"amc23": 4, "math500": 4, "minerva": 16}
+    assert E.parse_k("2,paper", ["aime24"]) == {"aime24": 32}  # the later default wins
+
+
+def test_a_jsonl_benchmark_is_read_like_training_data(tmp_path, capsys):
+    path = tmp_path / "mine.jsonl"
+    good = '{"id": "g%d", "problem": "p", "answer": "1"}\n'
+    path.write_text(good % 1 + '{"id": "broken", "problem": \n' + good % 2 + good % 3)
+    loaded = E.load_benchmarks(str(path))
+    assert [p.id for p in loaded["mine"]] == ["g1", "g2", "g3"]
+    assert "mine.jsonl line 2: bad JSON" in capsys.readouterr().out
+    (tmp_path / "bad.jsonl").write_text("{not json\n[1]\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl: 2 of 2 rows unusable"):
+        E.load_benchmarks(str(tmp_path / "bad.jsonl"))
+
+
 def test_unknown_benchmark_names_the_available_ones():
     with pytest.raises(ValueError, match="unknown benchmark 'math5000'.*math500, aime24, aime25, amc23"):
         E.load_benchmarks("gsm8k,math5000")
     loaded = E.load_benchmarks("gsm8k,olympiadbench", 700)
     assert len(loaded["gsm8k"]) == 700 and loaded["gsm8k"][0].answer == "18"
     assert any(p.multiple_answers for p in loaded["olympiadbench"])  # the flag reaches is_equiv
+
+
+def test_validation_overlapping_the_training_data_is_an_error_that_names_it(tmp_path):
+    from problems import Problem
+    training = [Problem("a", "What is 2 + 2?", "4", None, "s"), Problem("b", "Find x.", "1", None, "s")]
+    validation = [Problem("c", "  what is 2 +  2?", "4", None, "v"), Problem("b", "Other.", "1", None, "v"),
+                  Problem("d", "New.", "1", None, "v")]
+    with pytest.raises(ValueError, match=r"2 of 3 validation problems .*same id: \['b'\]; same problem text: "
+                                         r"\[\"c \('  what is 2 \+  2\?'\)\"\]"):
+        E.check_disjoint(validation, training)
+    E.check_disjoint(validation[2:], training)  # no overlap: no error
+    path = tmp_path / "val.jsonl"
+    path.write_text('{"id": "v1", "problem": "Find X.", "answer": "1"}\n')
+    with pytest.raises(ValueError, match=r"--eval-data .*val\.jsonl: 1 of 1 .*same problem text"):
+        E.validation_set(training, 4, 0, str(path))
+
+
+def test_held_out_validation_leaves_the_training_data_with_none_of_its_texts():
+    from problems import load_problems
+    arith = load_problems("arith", verbose=False)  # 1000 rows, many repeated texts ("What is 3 + 5?")
+    kept, held_out = E.validation_set(arith, 32, seed=3)
+    assert len(held_out) == 32 and len({p.id for p in held_out}) == 32
+    held_texts = {" ".join(p.problem.lower().split()) for p in held_out}
+    assert not held_texts & {" ".join(p.problem.lower().split()) for p in kept}
+    assert [p for p in arith if p in kept] == kept and len(kept) == sum(
+        " ".join(p.problem.lower().split()) not in held_texts for p in arith)
+    assert E.validation_set(arith, 32, seed=3) == (kept, held_out)  # seeded
 
 
 # ----------------------------------------------------------------------------- evaluate with stub samplers
