@@ -30,8 +30,10 @@ import subprocess
 import sys
 import threading
 import time
+from fractions import Fraction
 
-from latex_expr import _INT, _Undecided, _equation, _linear, _log2_bound, _parse, _sympy_equal, _values_equal
+from latex_expr import (_INT, _Undecided, _equation, _evaluate, _linear, _log2_bound, _parse, _real, _sympy_equal,
+                        _values_equal)
 
 MAX_ANSWER_CHARS = 1000  # longer answers: exact string comparison only (bounds every regex and the parser)
 MAX_SYMPY_BITS = 1e6     # numbers bigger than this are never built by sympy: judged unequal
@@ -245,36 +247,64 @@ def _has_number(tree) -> bool:
 
 
 # ----------------------------------------------------------------------------- relations as sets of one variable
+# An interval is (lo, lo_closed, hi, hi_closed) with lo / hi parsed constants or None (infinite); a set is a tuple
+# of disjoint intervals. A relation whose middle is m = a*v + b or |a*v + b| (a rational) has an exact set in v.
 
-def _rel_interval(rel: tuple):
-    """(name, lo, lo_closed, hi, hi_closed) for a relation linear in one variable (lo/hi None: infinite), else None.
-    `a < m < b` with m = c*v + d solves to ((a - d)/c, (b - d)/c), swapped when c < 0; `l < r` via l - r."""
+_ZERO = (("n", Fraction(0)), False, frozenset())
+
+
+def _sign(end) -> int:
+    value = _real(_evaluate(end[0], {}))
+    return (value > 0) - (value < 0)
+
+
+def _solve(interval, a: Fraction, b: Fraction):
+    """{v : a*v + b in interval}."""
+    lo, lo_closed, hi, hi_closed = interval
+    at = lambda end: None if end is None else (("/", ("+", end[0], ("n", -b)), ("n", a)), end[1], frozenset())
+    return (at(lo), lo_closed, at(hi), hi_closed) if a > 0 else (at(hi), hi_closed, at(lo), lo_closed)
+
+
+def _abs_preimage(interval) -> list:
+    """{L : |L| in interval} as one or two intervals (raises _Undecided when an end has no sign)."""
+    lo, lo_closed, hi, hi_closed = interval
+    neg = lambda end: None if end is None else (("neg", end[0]), end[1], frozenset())
+    if hi is not None and _sign(hi) <= 0 or hi is None and lo is None:
+        raise _Undecided  # empty or everything: not an answer form worth a rule
+    if lo is None or _sign(lo) < 0 or _sign(lo) == 0 and lo_closed:
+        return [(neg(hi), hi_closed, hi, hi_closed)]
+    return [(neg(hi), hi_closed, neg(lo), lo_closed), (lo, lo_closed, hi, hi_closed)]
+
+
+def _relation_set(rel: tuple):
+    """(name, set) of a one-variable relation `m op c`, `c op m`, `c1 op m op c2`, `m \\neq c`, `l op r`, else None."""
     ops, sides = rel[1], rel[2]
-    if any(op not in ("<", "\\leq") for op in ops) or len(sides) not in (2, 3):
+    parsed = [_parse(x) for x in sides]
+    if None in parsed or len(sides) not in (2, 3) or len(sides) == 3 and "\\neq" in ops:
         return None
+    if any(op not in ("<", "\\leq", "\\neq") for op in ops) or len(sides) == 3 and (parsed[0][2] or parsed[2][2]):
+        return None
+    closed = [op == "\\leq" for op in ops]
+    if len(sides) == 3:
+        middle, ranges = parsed[1], [(parsed[0], closed[0], parsed[2], closed[1])]
+    elif parsed[0][2] and parsed[1][2]:
+        middle, bound, at_right = _equation(*sides), _ZERO, True  # l op r: l - r op 0
+    else:
+        at_right = not parsed[1][2]
+        middle, bound = (parsed[0], parsed[1]) if at_right else (parsed[1], parsed[0])
     if len(sides) == 2:
-        if (difference := _equation(*sides)) is None or (line := _linear(difference)) is None:
-            return None
-        name, a, b = line
-        bound, closed = (("n", -b / a), difference[1], frozenset()), ops[0] == "\\leq"
-        return (name, None, False, bound, closed) if a > 0 else (name, bound, closed, None, False)
-    lo, mid, hi = (_parse(x) for x in sides)
-    if None in (lo, mid, hi) or lo[2] or hi[2] or (line := _linear(mid)) is None:
+        below, above = (None, False, bound, closed[0]), (bound, closed[0], None, False)
+        ranges = [below, above] if ops[0] == "\\neq" else [below if at_right else above]
+    if middle[0][0] == "abs":
+        ranges, middle = [piece for r in ranges for piece in _abs_preimage(r)], (middle[0][1], middle[1], middle[2])
+    if (line := _linear(middle)) is None:
         return None
     name, a, b = line
-    ends = [((("/", ("+", end[0], ("n", -b)), ("n", a)), end[1], frozenset()), op == "\\leq")
-            for end, op in ((lo, ops[0]), (hi, ops[1]))]
-    (lo, lo_closed), (hi, hi_closed) = ends if a > 0 else ends[::-1]
-    return (name, lo, lo_closed, hi, hi_closed)
+    return name, tuple(_solve(r, a, b) for r in ranges)
 
 
-def _interval(s: tuple):
-    """The interval of a relation, a set-builder or an interval `(a, b]` with constant ends, else None."""
-    if s[0] == "rel":
-        return _rel_interval(s)
-    if s[0] == "setb":
-        found = _rel_interval(s[2])
-        return found if found and found[0] == s[1] else None
+def _seq_interval(s: tuple):
+    """An interval `(a, b]` with constant ends, else None."""
     if s[0] != "seq" or len(s[2]) != 2 or any(x[0] != "atom" for x in s[2]) or s[1] not in ("()", "(]", "[)", "[]"):
         return None
     ends = []
@@ -285,23 +315,57 @@ def _interval(s: tuple):
             return None
         else:
             ends += [parsed, closed]
-    return (None, *ends)
+    return tuple(ends)
+
+
+def _solution_set(s: tuple):
+    """(name or None, set) of a relation, a set-builder, an interval or a union of intervals; else None."""
+    if s[0] == "rel":
+        return _relation_set(s)
+    if s[0] == "setb":
+        found = _relation_set(s[2])
+        return found if found and found[0] == s[1] else None
+    if _relations(s):  # `x < 1 \\text{ or } x > 2`: the union
+        found = [_relation_set(x) for x in s[1]]
+        if None in found or len({name for name, _ in found}) > 1:
+            return None
+        return found[0][0], tuple(interval for _, intervals in found for interval in intervals)
+    intervals = [_seq_interval(x) for x in (s[1] if s[0] == "union" else [s])]
+    return None if None in intervals else (None, tuple(intervals))
+
+
+def _relations(s: tuple) -> bool:
+    """A relation, a set-builder or a list of relations (read as their union)."""
+    return s[0] in ("rel", "setb") or s[0] == "list" and all(x[0] == "rel" for x in s[1])
+
+
+def _intervals_equal(p, g) -> bool:
+    if (p[0] is None) != (g[0] is None) or (p[2] is None) != (g[2] is None) or (p[1], p[3]) != (g[1], g[3]):
+        return False
+    return all(_values_equal(a, b, False, False) for a, b in ((p[0], g[0]), (p[2], g[2])) if a)
 
 
 def _compare_relations(p: tuple, g: tuple, slow) -> bool | None:
-    """A relation gold accepts the same relation, its interval or set-builder form; an interval gold accepts a
-    set-builder pred (both are sets) but not a bare relation (math-verify's direction rule). Relations not linear
-    in one variable: True when the same up to a positive factor (2 sides) or side by side (chains), else undecided."""
-    if g[0] not in ("rel", "setb", "seq") or g[0] == "seq" and p[0] == "rel":
+    """A relation gold accepts the same relation, its intervals or set-builder form; an interval gold accepts a
+    set-builder pred (both are sets) but not a bare relation (math-verify's direction rule). Relations with exact
+    solution sets compare as sets; others are equal when the same up to a positive factor (2 sides) or side by
+    side (chains), else undecided."""
+    if g[0] in ("seq", "union") and p[0] != "setb":
+        return False
+    if not _relations(g) and g[0] not in ("seq", "union"):
         return None
-    pi, gi = _interval(p), _interval(g)
-    if pi and gi and (pi[0] is None or gi[0] is None or pi[0] == gi[0]):
-        if (pi[1] is None) != (gi[1] is None) or (pi[3] is None) != (gi[3] is None) or (pi[2], pi[4]) != (gi[2], gi[4]):
-            return False
-        try:
-            return all(_values_equal(a, b, False, False) for a, b in ((pi[1], gi[1]), (pi[3], gi[3])) if a)
-        except _Undecided:
-            return None
+    try:
+        ps, gs = _solution_set(p), _solution_set(g)
+        if ps and gs and (ps[0] is None or gs[0] is None or ps[0] == gs[0]):
+            free = list(ps[1])
+            for interval in gs[1]:
+                match = next((k for k, x in enumerate(free) if _intervals_equal(x, interval)), None)
+                if match is None:
+                    return False
+                free.pop(match)
+            return not free
+    except _Undecided:
+        return None
     pr, gr = (x[2] if x[0] == "setb" else x for x in (p, g))
     if pr[0] != "rel" or gr[0] != "rel" or pr[1] != gr[1] or len(pr[2]) != len(gr[2]):
         return None
@@ -359,7 +423,7 @@ def _compare(p: tuple, g: tuple, slow) -> bool | None:
     atoms whose evaluation is undecided when given."""
     if p == g:
         return True
-    if {p[0], g[0]} & {"rel", "setb"}:
+    if _relations(p) or _relations(g):
         return _compare_relations(p, g, slow)
     if "eq" in (p[0], g[0]):
         return _compare_equations(p, g, slow)
@@ -504,13 +568,31 @@ def _math_verify_missing(reason: str) -> bool:
 
 
 _DOLLAR = re.compile(r"(?<!\\)\$")
+_PIECES = re.compile(r"\\approx|\\sim|\\leq|\\geq|\\neq|\\in|\\cup|\\pm|\\mid|[<>=,:|\x01\x02]")
+MAX_DEPTH = 50  # brackets nested deeper than this are never handed to math-verify (its parser recurses)
 
 
-def _remote_math_verify(pred: str, gold: str, state: dict) -> bool:
+def _hostile(text: str) -> bool:
+    """Would math-verify be handed a number beyond MAX_SYMPY_BITS (in any piece between relations and
+    separators) or brackets nested deeper than MAX_DEPTH? (Its sympy could hang in C: refused, not equal.)"""
+    depth = deepest = 0
+    for c in text:
+        depth += (c in _OPEN) - (c in _CLOSE)
+        deepest = max(deepest, depth)
+    if deepest > MAX_DEPTH:
+        return True
+    parsed = (_parse(piece.strip()) for piece in _PIECES.split(text) if piece.strip())
+    return any(x is not None and _log2_bound(x[0]) > MAX_SYMPY_BITS for x in parsed)
+
+
+def _remote_math_verify(pred: str, gold: str, cleaned: tuple, state: dict) -> bool:
     """math-verify's verdict (gold first: it is asymmetric), computed in the child; cached by (pred, gold)."""
     key = (_DOLLAR.sub("", pred.strip()), _DOLLAR.sub("", _unbox(gold.strip())))
     if key in _MATH_VERIFY["cache"]:
         return _MATH_VERIFY["cache"][key]
+    if any(_hostile(x) for x in cleaned):
+        STATS["refused"] += 1
+        return False
     if _MATH_VERIFY["available"] is None:
         try:
             found = importlib.util.find_spec("math_verify") is not None
@@ -586,14 +668,14 @@ def _equiv(pred: str, gold: str, timeout: float = 1.0, multiple_answers: bool = 
         p, g = (_clean(x, multiple_answers) for x in (pred, gold))
         if not p or not g:  # "$$", "\text{}": nothing left to compare
             return False, False
-        p, g = _structure(p), _structure(g)
+        cleaned, (p, g) = (p, g), (_structure(p), _structure(g))
         verdict = _compare(p, g, None)
         if verdict is not None:
             return verdict, False
         state = {"deadline": time.monotonic() + timeout, "timed_out": False}
         verdict = _compare(p, g, lambda a, b, mode: not state["timed_out"] and _remote_sympy(a, b, mode, state))
         if verdict is None and not state["timed_out"]:
-            verdict = _remote_math_verify(pred, gold, state)
+            verdict = _remote_math_verify(pred, gold, cleaned, state)
         return bool(verdict), state["timed_out"]
     except Exception:  # a bug or bad input must never crash training: not equal
         return False, False
