@@ -1,21 +1,42 @@
-"""Answer equivalence: `is_equiv(pred, gold)` and `validate_gold(gold)`, in two stages.
+"""Answer equivalence: `is_equiv(pred, gold)` and `validate_gold(gold)`, in three stages; each answers True, False
+or undecided, and only undecided pairs go on.
 
-1. In process, no sympy (decides nearly every case in ~0.1 ms): normalise both strings (\\left/\\right,
-   \\dfrac, spacing, $, \\%, degrees, \\text{} and trailing units, thousands separators `10,\\!080`,
-   choice letters `(C)`), split the structure (tuples and intervals: order and bracket types matter;
-   sets `\\{\\}`, bare comma lists, unions and `\\pm`: order does not; pmatrix/bmatrix; equations `x = 3`
-   vs `3`), then parse and evaluate each atom with latex_expr.py (exact rationals, else complex floats).
-   Words (>= 3 letters, or a whole \\text{}) compare as case-insensitive strings; unparseable atoms as strings.
-2. sympy, only for pairs stage 1 cannot evaluate (float overflow, division by zero, infinities):
-   simplify(pred - gold) == 0 on sympy trees built from the same parse (sympy never parses text), in a
-   child process `python reward.py --serve sympy` that is killed and restarted when it exceeds the
-   timeout (SIGALRM cannot interrupt a C-level bignum power). Numbers that would exceed 10^6 bits
-   (9^{9^{9^9}}, 1000000!) are judged unequal before sympy sees them. Timeouts are counted in STATS.
+1. In process, no sympy (~0.05 ms a check): normalise both strings (\\left/\\right, \\dfrac, spacing, $, \\%,
+   degrees, \\text{} and trailing units incl. \\textnormal, thousands separators `10,\\!080` but never `45, 123`,
+   a gold wholly in \\boxed{}, choice letters `(C)`, <= >= != \\lt \\ne ...), split the structure (tuples and
+   intervals: order and brackets matter; sets, lists (`,` `;` `\\quad` `or` `and` `\\text{ and }` all separate),
+   unions, `\\pm`: order does not; pmatrix/bmatrix/array; `-(a, b)` is (-a, -b); equations; relations and
+   set-builder `\\{x \\mid ...\\}`), then parse and evaluate each atom with latex_expr.py. Labelled answers equal
+   the bare value when the label has only names: `(a,b)=(5,1)`, `|PQ| = 4`, `S_1:S_2 = 3:8`, `f(x) = ..`.
+   Relations in one variable v whose middle is a*v + b or |a*v + b| (a rational; `-y > -4`, `7 \\geq y`,
+   `-3 \\le t \\le 8`, `2 \\le |w| \\le 5/2`, `x \\neq 3`, `x < 1 or x > 2`) are solved exactly to unions of
+   intervals and compared as sets, with math-verify's direction rule: a relation (or set-builder) gold
+   accepts the relation, the set-builder or the intervals; an interval gold accepts a set-builder but not a
+   bare relation (False). Other relations are True when the same up to a positive factor, else undecided.
+   A mismatch of kinds is False only when every atom of both sides parses; anything unparsed is undecided.
+2. sympy, for atoms stage 1 cannot evaluate (float overflow, division by zero, infinities): simplify(pred -
+   gold) == 0 on trees built from the same parse (sympy never parses text).
+3. math-verify 0.9.0 (with latex2sympy2_extended) on the raw strings, gold first, for what is still undecided
+   (`x \\approx 11`, `\\mathbb{R}`, `a=5, b=1` vs `(a,b)=(5,1)`, nonlinear relations ...); verdicts cached.
+Stages 2 and 3 run in one child process `python reward.py --serve sympy` (sympy and math-verify imported there,
+never in the trainer): SIGALRM interrupts Python-level work at the comparison's deadline and the child lives
+on; a C-level hang (a bignum power) is killed by the parent at the deadline and the child restarted. Numbers
+over 10^6 bits (9^{9^{9^9}}, 1000000!) and brackets nested deeper than 50 are refused (unequal) before either
+library sees them. Timeouts, refusals and calls are counted in STATS. Without math-verify (the GPU box: torch,
+transformers, numpy, sympy only) stage 3 is skipped with one warning: undecided pairs are unequal.
+Why this split (measured on tests/verifier_forms.jsonl, 244 undisputed olympiad-form pairs, and `python reward.py
+--bench`): math-verify alone agrees on 92.0% (it misreads `\\quad` separators, set-builder, negated chains,
+swapped relations in t) and costs 1-400 ms a pair; the fast path alone agrees on 100% of these and runs the bench
+mix at ~22,000 checks/s on one core; both: 100%, ~13,000 checks/s (one bench pair reaches math-verify). So the
+fast path decides what it reads with certainty and math-verify is the fallback for forms outside it, kept off
+the hot path and inside the killable child.
 Deviations, deliberate: answers longer than 1000 characters are compared as exact strings only; 90^\\circ
 is 90, not pi/2; 62.5% is 62.5 (not 0.625); an interval's infinite end is open whatever its bracket
 ([-\\infty, 0] = (-\\infty, 0], as math-verify); `52` matches a base-subscripted gold `52_8`; equations
-with different left sides are equal when lhs - rhs are proportional; with multiple_answers (OlympiadBench)
-commas always separate answers (`1,250` is two answers). Expression rules and tolerances: latex_expr.py.
+with different left sides are equal when lhs - rhs are proportional; a pred equation between constants equals
+a value only when true (`2^{10}=1024` is 1024, `1+1=5` is not 5, where math-verify takes the last side); with
+multiple_answers (OlympiadBench) commas always separate answers (`1,250` is two answers). Expression rules and
+tolerances: latex_expr.py.
 """
 import atexit
 import functools
@@ -55,12 +76,12 @@ _SUBS = [(re.compile(p), r) for p, r in [
     (r"\\ne(?![a-zA-Z])|!=|\\not\s*=", r"\\neq"), (r"\\lt(?![a-zA-Z])", "<"), (r"\\gt(?![a-zA-Z])", ">"),
     (r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree", ""), (r"_\{(\w)\}", r"_\1"),
     (r",?\s*\\(?:text|textrm|textnormal|mbox|mathrm)\s*\{\s*,?\s*(?:or|and)\s*\}\s*,?", ","),
-    (r"^(.*[^\s{_^])\s*\\(?:text|textnormal|textrm|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z .]*\}\s*(?:\^\s*\{?\d\}?)?$",
-     r"\1"),  # a trailing unit: "5 \text{ km}", "864 \mbox{ inches}^2"
+    (r"^(.*[^\s{_^])\s*\\(?:text|textnormal|textrm|mbox|mathrm)\s*\{\s*~?[a-zA-Z][a-zA-Z ./]*\}\s*(?:\^\s*\{?\d\}?)?$",
+     r"\1"),  # a trailing unit: "5 \text{ km}", "864 \mbox{ inches}^2", "10 \text{m/s}"
     (r"\\(?:text|textbf|textit|textrm|textnormal|textsf|textup|mbox|mathrm|mathbf|mathit|mathsf|operatorname|"
      r"boldsymbol)\s*\{([^{}]*)\}", r"\1"),
     (r",?\s+(?:and|or)\s+", ","),  # "x = 1 or x = 2", "12, 31, and 40"
-    (r"^([-+]?[\d.,]*\d|\\frac\{[^{}]*\}\{[^{}]*\})\s+(?:[a-zA-Z]{3,}|cm|mm|km|ft|in|kg|mi)(?:\s+[a-zA-Z]+)*"
+    (r"^([-+]?[\d.,]*\d|\\frac\{[^{}]*\}\{[^{}]*\})\s+(?:[a-zA-Z]{3,}|cm|mm|km|ft|in|kg|mi|[a-zA-Z]+/[a-zA-Z]+)(?:\s+[a-zA-Z]+)*"
      r"(?:\^\s*\{?\d\}?)?\s*$", r"\1"),  # bare unit words after a number: "18 dollars", "15 cm^2"
     (r"\\?[%$]", ""), (r"\\\{", "\x01"), (r"\\\}", "\x02"),
     (r"(\\[a-zA-Z]+) +(?=[a-zA-Z])", "\\1\x00"), (r" +", ""), (r"\x00", " "),  # keep `\pi r` apart
@@ -350,8 +371,8 @@ def _compare_relations(p: tuple, g: tuple, slow) -> bool | None:
     set-builder pred (both are sets) but not a bare relation (math-verify's direction rule). Relations with exact
     solution sets compare as sets; others are equal when the same up to a positive factor (2 sides) or side by
     side (chains), else undecided."""
-    if g[0] in ("seq", "union") and p[0] != "setb":
-        return False
+    if g[0] in ("seq", "union") and p[0] != "setb" or "atom" in (p[0], g[0]) and _known(p if p[0] == "atom" else g):
+        return False  # a relation is neither a number nor an expression (math-verify: never equal)
     if not _relations(g) and g[0] not in ("seq", "union"):
         return None
     try:
@@ -415,7 +436,7 @@ def _compare_equations(p: tuple, g: tuple, slow) -> bool | None:
         return _compare(rhs, other, slow) if eq is p else _compare(other, rhs, slow)
     if eq is p and (lhs := _parse(p[1])) is not None and not lhs[2]:
         return _all([_compare(_structure(p[1]), _structure(p[2]), slow), _compare(_structure(p[2]), g, slow)])
-    return None
+    return False if eq is g and p[0] == "atom" and _known(p) else None  # an equation to solve is not a value
 
 
 def _compare(p: tuple, g: tuple, slow) -> bool | None:

@@ -10,10 +10,13 @@ An empty or unclosed last box is no answer, never an earlier box or the last num
 (`fallbacks=True`), used only when there is no box: the last "the answer is X", "Answer: X" or "#### X".
 
 Equivalence, `is_equiv(pred, gold)` (answer_equiv.py): normalisation, answer structure (tuples, intervals,
-sets, matrices, equations), then each atom parsed and evaluated in process by latex_expr.py (exact
-rationals, else complex floats, variables at 3 generic points); only what that cannot decide goes to
-sympy in a child process `python reward.py --serve sympy`, under a hard timeout. Rules, tolerances and
-deliberate deviations are in those two files' docstrings. This module re-exports is_equiv, validate_gold, STATS.
+sets and lists with any separator, matrices, equations and labelled values, relations solved to sets of one
+variable), then each atom parsed and evaluated in process by latex_expr.py (exact rationals, else complex
+floats, variables at 3 generic points). What that leaves undecided goes to a child process `python reward.py
+--serve sympy` under a hard timeout: sympy for atoms the evaluator cannot decide, then math-verify (when
+installed; without it, one warning and such pairs are unequal) for forms the fast path does not read. Rules,
+tolerances, measurements and deliberate deviations are in those two files' docstrings. This module re-exports
+is_equiv, validate_gold, STATS.
 
 Batch scoring (`score_batch(..., workers=N)`) sends chunks to N child processes `python reward.py --serve
 score`, started once and reused: fresh interpreters (safe with torch/CUDA loaded in the caller, and
@@ -21,6 +24,7 @@ unlike multiprocessing's spawn they do not re-import the caller's __main__); a w
 stalls is killed and its chunk scored in process. Children die with their parent (Linux PR_SET_PDEATHSIG).
 
     python reward.py "... so the answer is \\boxed{\\frac12}." "0.5"     # extracted answer and verdict
+    python reward.py "\\boxed{(-\\infty, 2]}" "-x \\geq -2"                # answers may start with '-'
     python reward.py --bench --workers 2                                  # checks/s, worst-case latency
 """
 import argparse

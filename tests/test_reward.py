@@ -162,3 +162,7 @@ def test_command_line():
     bad = run("\\boxed{1}", "1", "--timeout", "0")
     assert bad.returncode == 2 and "RewardConfig.timeout must be > 0" in bad.stderr and "Traceback" not in bad.stderr
     assert run("\\boxed{1}").returncode == 2
+    # answers starting with '-' are positionals, not flags (the response too, and next to real flags)
+    minus = run("-\\frac{1}{2} so \\boxed{-0.5}", "-\\frac{1}{2}", "--timeout", "2")
+    assert minus.returncode == 0 and "answer: -0.5" in minus.stdout and "correct: True" in minus.stdout
+    assert "correct: False" in run("\\boxed{-x}", "-y").stdout and "correct: True" in run("\\boxed{-3}", "-3").stdout
