@@ -213,7 +213,7 @@ def _structure(s: str) -> tuple:
         return builder
     if _wrapped(s) and len(parts := _split_top(s[1:-1], ",")) > 1 or s[:1] == "\x01" and _wrapped(s):
         parts = _split_top(s[1:-1], ",")
-        if s[0] == "\x01":
+        if s[0] in "\x01{":  # `{-1, 1}`: braces around a list are a set
             return ("set", tuple(_items(parts)))
         brackets = ("(" if parts[0] == "-\\infty" else s[0]) + (")" if parts[-1].lstrip("+") == "\\infty" else s[-1])
         return ("seq", brackets, tuple(_structure(p) for p in parts))  # an infinite end is open: [-\infty,0] = (-\infty,0]
