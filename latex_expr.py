@@ -14,7 +14,8 @@ Numeric tolerance: |p - g| <= 1e-4 * max(|p|, |g|) when either side has a decima
 equal decimal (17.9999 is not 18) and an irrational exact gold (\\sqrt{2}, \\pi, no variables) needs a
 decimal that agrees to 6 decimal places (1.414214, not 1.414 or 1.4142: math-verify's float_rounding);
 otherwise exact for rationals and 1e-9 relative (+1e-12 absolute) for float round-off of exact expressions
-(2\\sqrt{3} vs \\sqrt{12}). `_linear` reads a one-variable expression as a*v + b (for relations).
+(2\\sqrt{3} vs \\sqrt{12}); rounded numbers get no absolute slack (8.4e-12 is not 7.4e-12).
+`_linear` reads a one-variable expression as a*v + b (answer_equiv.py solves relations with it).
 """
 import cmath
 import functools
@@ -303,7 +304,7 @@ def _close(a, b, tol: float) -> bool:
     if isinstance(a, Fraction) and isinstance(b, Fraction) and (a == b or tol == 0):
         return a == b
     a, b = _checked(complex(a)), _checked(complex(b))
-    return abs(a - b) <= max(tol, FLOAT_TOL) * max(abs(a), abs(b)) + (1e-12 if tol != 0 else 0)
+    return abs(a - b) <= max(tol, FLOAT_TOL) * max(abs(a), abs(b)) + (1e-12 if tol == FLOAT_TOL else 0)
 
 
 def _tolerance(p_approx: bool, g_approx: bool, exact_gold: bool) -> float:

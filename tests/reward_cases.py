@@ -49,7 +49,7 @@ CASES = [
     (B % "1.6", "1.6", True), (B % "1.60", "1.6", True), (B % "1.62", "1.6", False), (B % "1.60001", "1.6", True),
     (B % "4.5\\times 10^{33}", "4.5e33", True), (B % "4.5 \\cdot 10^{33}", "4.5e33", True), (B % "4.49e33", "4.5e33", False),
     (B % "4.5e34", "4.5e33", False), (B % "3\\times10^{8}", "3e8", True), (B % "1\\times 10^{-5}", "1e-5", True),
-    (B % "0.00001", "1e-5", True), (B % "6.72\\times10^{-5}", ".0000672", True), (B % "2.7778\\times10^{-6}", "2.7778e-6", True),
+    (B % "0.00001", "1e-5", True), (B % "8.4e-12", "7.4e-12", False), (B % "7.40001e-12", "7.4e-12", True), (B % "6.72\\times10^{-5}", ".0000672", True), (B % "2.7778\\times10^{-6}", "2.7778e-6", True),
     # --- \left \right, \text, units, degrees, percent, dollars
     (B % "(3,\\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)", True),
     (B % "\\left(3, \\frac{\\pi}{2}\\right)", "(3,\\frac{\\pi}{2})", True),
