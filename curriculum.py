@@ -299,8 +299,8 @@ class Curriculum:
             target = c - 1  # the lower level slipped: train it again
         elif c < top and (rate := evaluate(c)) is not None and rate > self.levels[c].pass_threshold:
             target = c + 1  # the level is mastered: commit the block to the higher one
-        rng = random.Random(f"{self.seed}-block-{s['blocks']}")
-        s["blocks"], s["block_left"] = s["blocks"] + 1, rng.randint(self.levels[target].p_min, self.levels[target].p_max)
+        rng, chosen = random.Random(f"{self.seed}-block-{s['blocks']}"), self.levels[target]
+        s["blocks"], s["block_left"] = s["blocks"] + 1, rng.randint(chosen.p_min, chosen.p_max)
         if target != c:
             self._enter(target)
         return target != c
@@ -434,6 +434,8 @@ class ShowConfig:
     group_size: int = 8           # responses per prompt (G)
     prompts_per_step: int = 32    # groups per optimizer step, all ranks together (N)
     overrides: Optional[str] = None  # JSON file of level fields, e.g. {"L2": {"steps": 50}, "*": {"group_size": 16}}
+    p_min: Optional[int] = None   # adaptive: shortest block on every level (default: the preset's 2)
+    p_max: Optional[int] = None   # adaptive: longest block on every level (default: the preset's 4)
     data: str = "arith"           # data to count per level: files, name:path, data/ benchmark names, arith
 
 
@@ -443,7 +445,7 @@ def main(argv=None):
     cfg = dataclass_from_args(ShowConfig, parser.parse_args(argv))
     try:
         levels = make_schedule(cfg.show, cfg.total_steps, cfg.max_len, cfg.group_size, cfg.prompts_per_step,
-                               cfg.overrides)
+                               cfg.overrides, p_min=cfg.p_min, p_max=cfg.p_max)
         problems = load_problems(cfg.data)
     except ValueError as e:
         sys.exit(f"error: {e}")

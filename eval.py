@@ -88,7 +88,7 @@ SELECTION_FIELDS = ("benchmarks", "k", "limit")  # may change on --resume (saved
 class EvalConfig:
     model: str = "default"  # HF-format checkpoint folder, or "default" (the embedded SmolLM2-135M-Instruct)
     benchmarks: str = "math500"  # comma-separated: math500,aime24,aime25,amc23,minerva,olympiadbench,gsm8k or .jsonl paths
-    k: str = "paper"  # samples per problem: "paper" (32 AIME, 4 AMC23, 16 else), "16", "aime24:32,paper", "4,math500:16"
+    k: str = "paper"  # samples per problem: "paper" (AIME 32, AMC23 4, else 16), "16", "aime24:32,paper", "4,amc23:8"
     limit: Optional[int] = None  # evaluate only the first N problems of each benchmark
     temperature: float = EVAL_PROTOCOL["temperature"]  # sampling temperature (the papers' 0.6)
     top_p: float = EVAL_PROTOCOL["top_p"]  # nucleus sampling threshold (1.0 = off, the papers')

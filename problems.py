@@ -2,8 +2,9 @@
 
 Data: `load_problems("math500,gsm8k_train,mine:/x/y.parquet,arith")` reads .jsonl, .json (a list) and
 .parquet files, data/<name>.jsonl benchmarks and the built-in arithmetic levels (fields: *_FIELDS, else
-the last \\boxed{} of `solution`). Golds must pass reward.validate_gold; bad rows are skipped, each named
-by file, line and id, and a file of mostly bad rows is refused (strict=True: any). Deviation: a trailing
+the last \\boxed{} of `solution`; `solution` is also kept as the reference solution). Golds must pass
+reward.validate_gold; bad rows (not JSON, not UTF-8, no usable gold) are skipped, each named by file, line
+and id, and a file of mostly bad rows is refused (strict=True: any). Deviation: a trailing
 "Please reason step by step, and put your final answer within \\boxed{}." (aime25) is stripped.
 
 Difficulty d in [0, 1] (0 = easiest), first match wins: a `difficulty` field; MATH `level` 1..5 ->
@@ -13,7 +14,10 @@ Problems with none of these have d = None (curriculum.py uses them at every leve
 
 Prompts (build_prompt, PromptConfig.template): auto takes the source's own template (SOURCE_TEMPLATES:
 arith -> fewshot), else chat if the tokenizer has a chat template, else plain.
-  chat     the tokenizer's chat template around "{problem} {suffix}" as one user turn (no system prompt of ours).
+  chat     the tokenizer's chat template around "{problem} {suffix}" as one user turn. No system turn unless
+           PromptConfig.system_prompt gives one: a default system turn the template adds by itself (Qwen2.5's
+           "You are Qwen, created by Alibaba Cloud...", SmolLM2's) is located and removed (default_system_turn);
+           system_prompt="default" keeps it.
   plain    "{problem} {suffix}\\n".
   fewshot  FEWSHOT_PREFIX + "Question: {problem}\\nAnswer:", for base models; generation stops at
            "\\n\\nQuestion" (TEMPLATE_STOPS, via stop_strings), where the model would invent the next question.
@@ -238,7 +242,7 @@ def estimate_difficulty(problems: list[Problem], pass_rate_fn: Callable[[list[Pr
 class PromptConfig:
     template: str = "auto"  # auto | chat | plain | fewshot; auto: the source's own (arith: fewshot), else chat if any, else plain
     suffix: str = "Let's think step by step and output the final answer within \\boxed{}."  # appended by chat and plain
-    system_prompt: str | None = None  # None: no system turn (a chat template's default one removed); 'default': keep it; else the text
+    system_prompt: str | None = None  # None: no system turn (a template's own is removed); 'default': keep it; else text
 
 
 def _template(problem: Problem, cfg: PromptConfig, tokenizer=None) -> str:
@@ -279,7 +283,7 @@ def build_prompt(problem: Problem, tokenizer, cfg: PromptConfig) -> str:
     return rendered[:known[1]] + rendered[known[2]:]
 
 
-_TURNS = {}  # id(tokenizer) -> (its chat template, start, end, text) of the default system turn default_system_turn found
+_TURNS = {}  # id(tokenizer) -> (chat template, start, end, text) of the default system turn found for it
 _SYSTEM_MARK, _ASSISTANT_MARK = "SYSTEM-MARK-7f3a1c", "ASSISTANT-MARK-7f3a1c"  # texts no template or problem holds
 
 
