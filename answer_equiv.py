@@ -69,7 +69,7 @@ _UNICODE = str.maketrans({"−": "-", "–": "-", "×": "\\times ", "÷": "\\div
                           "√": "\\sqrt", "∞": "\\infty ", "°": "^\\circ", "≤": "\\le ", "≥": "\\ge ", "≠": "\\ne ",
                           "∪": "\\cup ", "∈": "\\in ", "\u2009": " ", "\u00a0": " ", "\n": " ", "\t": " "})
 _SUBS = [(re.compile(p), r) for p, r in [
-    (r"(?<!\\)\$", ""), (r"\\(?:left|right)\.|\\(?:left|right|[bB]igg?[lr]?|displaystyle)(?![a-zA-Z])", ""),
+    (r"(?<!\\)\$", ""), (r"^\\[(\[]\s*(.*?)\s*\\[)\]]\.?$", r"\1"), (r"\\(?:left|right)\.|\\(?:left|right|[bB]igg?[lr]?|displaystyle)(?![a-zA-Z])", ""),
     (r"\\varnothing(?![a-zA-Z])|\\\{\s*\\\}", r"\\emptyset"),
     (r"\\q?quad(?![a-zA-Z])", ","), (r"\\[,;:! ]|~", " "), (r"\\[dtc]frac", r"\\frac"), (r"\{,\}", ","), (r";", ","),
     (r"\\(?:le|leqq|leqslant)(?![a-zA-Z])|<=|\u2a7d", r"\\leq"), (r"\\(?:ge|geqq|geqslant)(?![a-zA-Z])|>=|\u2a7e", r"\\geq"),
@@ -93,7 +93,7 @@ _BOX_OPEN = re.compile(r"\$*\s*\\(?:boxed|fbox)\s*\{")
 
 def _unbox(s: str) -> str:
     """The content of an answer that is wholly one \\boxed{...} / $\\boxed{...}$ (a gold written that way)."""
-    while (m := _BOX_OPEN.match(s)) and (end := s.rstrip().rstrip("$").rstrip()).endswith("}"):
+    while (m := _BOX_OPEN.match(s)) and (end := re.sub(r"[\s.$]+$", "", s)).endswith("}"):
         depth, i = 0, m.end() - 1
         while i < len(end):
             if end[i] == "\\":
