@@ -66,13 +66,15 @@ _REWARD_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reward.py
 # ----------------------------------------------------------------------------- normalisation
 
 _UNICODE = str.maketrans({"−": "-", "–": "-", "×": "\\times ", "÷": "\\div ", "·": "\\cdot ", "π": "\\pi ",
-                          "√": "\\sqrt", "∞": "\\infty ", "°": "^\\circ", "≤": "\\le ", "≥": "\\ge ", "≠": "\\ne ",
-                          "∪": "\\cup ", "∈": "\\in ", "\u2009": " ", "\u00a0": " ", "\n": " ", "\t": " "})
+                          "√": "\\sqrt", "∞": "\\infty ", "°": "^\\circ", "≤": "\\le ", "≥": "\\ge ",
+                          "≠": "\\ne ", "∪": "\\cup ", "∈": "\\in ", "\u2009": " ", "\u00a0": " ", "\n": " ", "\t": " "})
 _SUBS = [(re.compile(p), r) for p, r in [
-    (r"(?<!\\)\$", ""), (r"^\\[(\[]\s*(.*?)\s*\\[)\]]\.?$", r"\1"), (r"\\(?:left|right)\.|\\(?:left|right|[bB]igg?[lr]?|displaystyle)(?![a-zA-Z])", ""),
+    (r"(?<!\\)\$", ""), (r"^\\[(\[]\s*(.*?)\s*\\[)\]]\.?$", r"\1"),  # $..$, \(..\), \[..\]
+    (r"\\(?:left|right)\.|\\(?:left|right|[bB]igg?[lr]?|displaystyle)(?![a-zA-Z])", ""),
     (r"\\varnothing(?![a-zA-Z])|\\\{\s*\\\}", r"\\emptyset"),
     (r"\\q?quad(?![a-zA-Z])", ","), (r"\\[,;:! ]|~", " "), (r"\\[dtc]frac", r"\\frac"), (r"\{,\}", ","), (r";", ","),
-    (r"\\(?:le|leqq|leqslant)(?![a-zA-Z])|<=|\u2a7d", r"\\leq"), (r"\\(?:ge|geqq|geqslant)(?![a-zA-Z])|>=|\u2a7e", r"\\geq"),
+    (r"\\(?:le|leqq|leqslant)(?![a-zA-Z])|<=|\u2a7d", r"\\leq"),
+    (r"\\(?:ge|geqq|geqslant)(?![a-zA-Z])|>=|\u2a7e", r"\\geq"),
     (r"\\ne(?![a-zA-Z])|!=|\\not\s*=", r"\\neq"), (r"\\lt(?![a-zA-Z])", "<"), (r"\\gt(?![a-zA-Z])", ">"),
     (r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree", ""), (r"_\{(\w)\}", r"_\1"),
     (r",?\s*\\(?:text|textrm|textnormal|mbox|mathrm)\s*\{\s*,?\s*(?:or|and)\s*\}\s*,?", ","),
@@ -81,7 +83,8 @@ _SUBS = [(re.compile(p), r) for p, r in [
     (r"\\(?:text|textbf|textit|textrm|textnormal|textsf|textup|mbox|mathrm|mathbf|mathit|mathsf|operatorname|"
      r"boldsymbol)\s*\{([^{}]*)\}", r"\1"),
     (r",?\s+(?:and|or)\s+", ","),  # "x = 1 or x = 2", "12, 31, and 40"
-    (r"^([-+]?[\d.,]*\d|\\frac\{[^{}]*\}\{[^{}]*\})\s+(?:[a-zA-Z]{3,}|cm|mm|km|ft|in|kg|mi|[a-zA-Z]+/[a-zA-Z]+)(?:\s+[a-zA-Z]+)*"
+    (r"^([-+]?[\d.,]*\d|\\frac\{[^{}]*\}\{[^{}]*\})\s+(?:[a-zA-Z]{3,}|cm|mm|km|ft|in|kg|mi|[a-zA-Z]+/[a-zA-Z]+)"
+     r"(?:\s+[a-zA-Z]+)*"
      r"(?:\^\s*\{?\d\}?)?\s*$", r"\1"),  # bare unit words after a number: "18 dollars", "15 cm^2"
     (r"\\?[%$]", ""), (r"\\\{", "\x01"), (r"\\\}", "\x02"),
     (r"(\\[a-zA-Z]+) +(?=[a-zA-Z])", "\\1\x00"), (r" +", ""), (r"\x00", " "),  # keep `\pi r` apart
@@ -204,7 +207,8 @@ def _structure(s: str) -> tuple:
     """("matrix", rows) | ("union"|"list"|"set", items) | ("seq", brackets, items) | ("setb", name, rel)
     | ("rel", ops, sides) | ("eq", lhs, rhs) | ("neg", structure) | ("atom", s)"""
     if m := _MATRIX.fullmatch(s):
-        return ("matrix", tuple(tuple(_structure(c) for c in row.split("&")) for row in m.group(1).split("\x03") if row))
+        rows = [row for row in m.group(1).split("\x03") if row]
+        return ("matrix", tuple(tuple(_structure(c) for c in row.split("&")) for row in rows))
     if len(parts := _split_top(s, "\\cup")) > 1:
         return ("union", tuple(_structure(p) for p in parts))
     if len(parts := _split_top(s, ",")) > 1 or len(_split_top(s, "\\pm")) == 2:
@@ -216,7 +220,7 @@ def _structure(s: str) -> tuple:
         if s[0] in "\x01{":  # `{-1, 1}`: braces around a list are a set
             return ("set", tuple(_items(parts)))
         brackets = ("(" if parts[0] == "-\\infty" else s[0]) + (")" if parts[-1].lstrip("+") == "\\infty" else s[-1])
-        return ("seq", brackets, tuple(_structure(p) for p in parts))  # an infinite end is open: [-\infty,0] = (-\infty,0]
+        return ("seq", brackets, tuple(_structure(p) for p in parts))  # [-\infty,0] = (-\infty,0]
     if rel := _relation(s):
         return rel
     if len(sides := _split_top(s, "=")) == 2:
@@ -256,7 +260,7 @@ def _known(s: tuple) -> bool:
 
 @functools.lru_cache(maxsize=1 << 14)
 def _label(lhs: str) -> bool:
-    """Is `lhs = value` a labelled value: names only, no numbers (`(a,b)`, `|PQ|`, `S_1:S_2`, `\\frac{AM}{MC}`, `f(x)`)?"""
+    """Is `lhs = value` a labelled value: names, no numbers (`(a,b)`, `|PQ|`, `S_1:S_2`, `\\frac{AM}{MC}`, `f(x)`)?"""
     if _wrapped(lhs) and lhs[0] == "(" and len(parts := _split_top(lhs[1:-1], ",")) > 1:
         return all(_label(p) for p in parts)
     parsed = _parse(lhs.replace("\\angle", ""))
@@ -485,7 +489,7 @@ def _atom_equal(p, g, slow, mode: str = "value") -> bool | None:
         return None if slow is None else slow(p, g, mode)
 
 
-# ----------------------------------------------------------------------------- child processes (sympy stage, batch workers)
+# ----------------------------------------------------------------------------- child processes (sympy, math-verify)
 
 class _Child:
     """A child `python reward.py --serve KIND` answering one JSON line per request line."""

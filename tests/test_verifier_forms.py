@@ -48,7 +48,8 @@ def test_agreement_and_slowest_case(capsys):
         if not row["disputed"]:
             verdicts.append(verdict is row["label"])
     with capsys.disabled():
-        print(f"\nlabelled forms: {sum(verdicts)}/{len(verdicts)} undisputed agree; slowest {slowest[0]:.3f} s {slowest[1]}")
+        print(f"\nlabelled forms: {sum(verdicts)}/{len(verdicts)} undisputed agree; "
+              f"slowest {slowest[0]:.3f} s {slowest[1]}")
     assert sum(verdicts) / len(verdicts) >= 0.97 and slowest[0] < 3.0
 
 
@@ -107,7 +108,8 @@ def test_math_verify_runs_under_the_childs_alarm():
 
 
 HOSTILE = ["9^{9^{9^{9}}}", "x > 9^{9^{9^{9}}}", "x \\approx (10^{400})!", "\\binom{10^{9}}{5} \\text{ or } 2",
-           "{" * 400 + "}" * 400, "\\frac{\\frac{\\frac{", "\\left( \\right] \\begin{pmatrix}", "t \\mid t > 10^{10^{10}}"]
+           "{" * 400 + "}" * 400, "\\frac{\\frac{\\frac{", "\\left( \\right] \\begin{pmatrix}",
+           "t \\mid t > 10^{10^{10}}"]
 
 
 @pytest.mark.parametrize("gold", ["x > 3", "x \\approx 3", "(a,b)=(1,2)", "\\{x \\mid x > 0\\}", "1, 2 \\text{ or } 3"])
