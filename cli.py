@@ -27,6 +27,11 @@ def _field_type(tp):
     return tp, False
 
 
+def flag(name: str) -> str:
+    """The command-line flag of a dataclass field: max_new_tokens -> --max-new-tokens (for error messages)."""
+    return "--" + name.replace("_", "-")
+
+
 def field_comments(cls) -> dict:
     """{field name: its trailing `# comment`} read from the dataclass source (fields are documented once)."""
     try:
@@ -43,14 +48,13 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, help_texts: dict | 
     group = parser.add_argument_group(cls.__name__)
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        flag = "--" + f.name.replace("_", "-")
         text = help_texts.get(f.name, "").replace("%", "%%")
         parse, is_bool = _field_type(hints[f.name])
         if is_bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+            group.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                help=f"{text} (default: {default})")
         else:
-            group.add_argument(flag, dest=f.name, type=parse, default=default, help=f"{text} (default: {default})")
+            group.add_argument(flag(f.name), dest=f.name, type=parse, default=default, help=f"{text} (default: {default})")
 
 
 def dataclass_from_args(cls, args: argparse.Namespace, **overrides):

@@ -2,8 +2,9 @@
 
 train.py combines each step's micro-batch statistics here (update_metrics: token-weighted means, exact
 planning/execution statistics over the step's tokens, relative perplexity), appends them to metrics.jsonl
-(open_metrics drops rows past the checkpoint a resumed run restarts from), and writes sample rollouts with
-their planning spans to rollouts.jsonl. The figure (matplotlib, optional dependency):
+(open_metrics first drops a torn last line and the rows past the checkpoint a resumed run restarts from:
+repair_jsonl, which train.py also runs on rollouts.jsonl), and writes sample rollouts with their planning
+spans to rollouts.jsonl. The figure (matplotlib, optional dependency):
 
 Panels, one per question the HICRA/HGRPO papers ask of a run: is it learning (reward, accuracy, boxed
 rate), how long are the answers, is the strategic vocabulary diversifying (semantic entropy, planning
@@ -35,28 +36,55 @@ PANELS = [  # (title, [(metric, label)])
 ]
 
 
+def repair_jsonl(path: str, max_step: int) -> tuple[int, int]:
+    """Repair an append-only .jsonl of rows with a "step" before appending to it again: drop lines that do not
+    parse (a kill mid-write tears the last one) and rows of steps after max_step (a resumed run redoes them).
+    Rewritten atomically, only when something changes. Returns (torn lines dropped, later rows dropped)."""
+    if not os.path.exists(path):
+        return 0, 0
+    with open(path, "rb") as f:  # bytes: a torn line may end inside a multi-byte character
+        lines = [line for line in f.read().split(b"\n") if line.strip()]
+    kept, torn, later = [], 0, 0
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
+            torn += 1
+            continue
+        if not isinstance(row, dict):
+            torn += 1
+        elif isinstance(row.get("step"), (int, float)) and row["step"] > max_step:
+            later += 1
+        else:
+            kept.append(line + b"\n")
+    if torn or later:
+        with open(path + ".tmp", "wb") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
+    return torn, later
+
+
 def open_metrics(out_dir, start_step):
-    """metrics.jsonl for appending, without rows past the checkpoint we resumed from (they get redone)."""
+    """metrics.jsonl for appending, repaired first (repair_jsonl: no torn line, no rows past start_step)."""
     path = os.path.join(out_dir, "metrics.jsonl")
-    if os.path.exists(path):
-        rows = [line for line in open(path) if line.strip() and json.loads(line)["step"] <= start_step]
-        open(path, "w").writelines(rows)
+    repair_jsonl(path, start_step)
     return open(path, "a")
 
 
 def update_metrics(loss_stats, token_stats, initial_ppl) -> dict:
-    """Combine the first PPO epoch's micro-batch metrics: token-weighted means, min/max for the ratio."""
+    """Combine the first PPO epoch's micro-batch metrics: keys ending in _min by min, _max by max (loss.py's ranges:
+    ratio, mismatch), the others as token-weighted means over the micro-batches whose value is finite."""
     row = {}
     if not loss_stats:
         return row
-    weights = torch.tensor([float(s["tokens"]) for s in loss_stats])
+    weights = torch.tensor([float(s["tokens"]) for s in loss_stats])  # on the host, like the values below
     for key in loss_stats[0]:
         if key == "tokens":
             continue
-        values = torch.stack([s[key].float() for s in loss_stats])
-        if key == "ratio_min":
+        values = torch.stack([s[key].float() for s in loss_stats]).cpu()  # the stats may live on the GPU
+        if key.endswith("_min"):
             row[key] = values.min().item()
-        elif key == "ratio_max":
+        elif key.endswith("_max"):
             row[key] = values.max().item()
         else:
             finite = torch.isfinite(values)  # e.g. no planning tokens in a micro-batch
@@ -89,17 +117,22 @@ def write_rollouts(out_dir, step, groups, masker, tokenizer):
 
 
 def read_metrics(run_dir: str) -> list[dict]:
+    """metrics.jsonl's rows; a torn last line (the run was killed mid-write) is skipped with a note."""
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
         raise ValueError(f"{path}: not found (is {run_dir} a run folder?)")
     rows = []
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{line_no}: not JSON ({e})") from None
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
+    for line_no, line in numbered:
+        try:
+            rows.append(json.loads(line))
+        except ValueError as e:
+            if line_no == numbered[-1][0] and line_no == len(lines):  # the last line, with no newline after it
+                print(f"plot: {path}:{line_no}: skipped a torn last line (the run was stopped mid-write)")
+                continue
+            raise ValueError(f"{path}:{line_no}: not JSON ({e})") from None
     return rows
 
 

@@ -20,12 +20,22 @@ built-in arithmetic levels so that the demo learns in minutes; the GPU preset ke
     python train.py --algo dapo --curriculum hgrpo1 --model PATH --data math500
     torchrun --nproc_per_node 8 train.py --model PATH --data gsm8k_train
     python train.py --resume auto --out-dir runs/x   # continue from the latest checkpoint
+
+Nothing lost, nothing silently wrong: every flag, the run folder, the data's prompt lengths and a resume's
+settings are checked before the model loads (preflight.py); a new run never writes into a folder holding another
+run (--resume auto or --overwrite); checkpoints are verified by content on resume (checkpoint.py). SIGTERM /
+SIGINT (every rank under torchrun) stop at the next safe point: during a rollout the step is abandoned at once
+(the sampler polls the flag every engine step; the curriculum and RNG go back to the step's start) and the last
+completed step is saved; during the update the step finishes first; a second signal exits at once. Ranks agree
+through one all-reduce after the rollout and one at the step's end. The bound is one engine step (or the
+update in progress) plus one checkpoint save.
+Deviation: with the soft overlong penalty on (dapo, hicra), --format-penalty defaults to its factor 1.0, so an
+empty or unboxed response never scores above a wrong boxed one however long (0 - 1 <= 0 - overlong).
 """
 import argparse
 import dataclasses
 import json
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -35,17 +45,17 @@ import torch
 from tqdm import tqdm
 
 import checkpoint as ckpt
-from distributed import all_sum, dist_cleanup, dist_init, full_state_dict, max_over_ranks, shard_policy
-import model as M
+from distributed import all_sum, dist_cleanup, dist_init, full_state_dict, max_over_ranks
 import eval as evaluation
+import preflight
 from cli import add_dataclass_args, dataclass_from_args
-from curriculum import Curriculum, collect_groups, make_schedule
-from problems import PromptConfig, build_prompt, load_problems, stop_strings
+from curriculum import collect_groups
+from problems import build_prompt, stop_strings
 from plot import open_metrics, plot_run, update_metrics, write_rollouts
 from loss import LossConfig, group_advantages
 from reward import RewardConfig, score_batch
-from rollout import EngineConfig, SamplingParams, generate
-from strategic_grams import PlanningMasker, load_grams, semantic_entropy
+from rollout import EngineConfig, Interrupted, SamplingParams, generate
+from strategic_grams import semantic_entropy
 from update import Batch, ppo_update
 
 ALGORITHMS = {
@@ -66,15 +76,16 @@ class TrainConfig:
     model: str = "default"  # HF checkpoint folder, or 'default' (embedded SmolLM2-135M-Instruct)
     out_dir: str = ""  # run folder (default runs/<algo>-<time>)
     algo: str = "hicra"  # grpo | dapo | hicra (presets for the loss fields below)
-    preset: str = ""  # cpu | gpu (default: gpu when CUDA is available)
+    preset: str = ""  # cpu | gpu (default: gpu when CUDA is available; the choice is printed)
     data: str | None = None  # training data: 'arith', benchmark names, or files (comma-separated)
     curriculum: str | None = None  # none | deepscaler | hgrpo1 | hgrpo2 | adaptive
     schedule_overrides: str | None = None  # JSON file overriding level fields
     template: str = "auto"  # prompt template: auto | chat | plain | fewshot
     total_steps: int | None = None  # optimizer steps
-    prompts_per_step: int | None = None  # N: groups per step (all ranks together)
-    group_size: int | None = None  # G: samples per prompt
-    max_new_tokens: int | None = None  # response length cap (levels may lower it)
+    prompts_per_step: int | None = None  # N: groups per step (all ranks together; a multiple of the ranks)
+    group_size: int | None = None  # G: samples per prompt (>= 2)
+    max_new_tokens: int | None = None  # response length cap (levels may lower it; capped to fit the model's context)
+    max_prompt_tokens: int = 0  # skip problems whose prompt is longer (0: what the context leaves next to the responses)
     temperature: float = 1.0  # sampling temperature (the loss uses the same)
     top_p: float = 1.0  # nucleus sampling
     max_num_seqs: int = 256  # sampler slots
@@ -98,17 +109,19 @@ class TrainConfig:
     dynamic_sampling: bool | None = None  # drop zero-variance groups and resample (DAPO)
     max_sampling_rounds: int = 3  # extra generation rounds before training on what there is
     overlong_buffer: int | None = None  # soft overlong penalty buffer in tokens (-1: a quarter of max length)
-    format_penalty: float = 0.0  # reward for a response with no boxed answer is -this
+    format_penalty: float | None = None  # reward for no boxed answer is -this (default: 1 with the overlong penalty, else 0)
     reward_workers: int = 0  # processes for reward scoring
     recompute_old_logprobs: bool = False  # old logprobs from a forward pass instead of the sampler's
     activation_checkpointing: bool = False  # recompute blocks in backward
     save_every: int | None = None  # checkpoint every K steps
-    keep_checkpoints: int = 2  # how many checkpoints to keep
+    keep_checkpoints: int = 2  # how many checkpoints of this run to keep (>= 1)
     log_rollouts_every: int = 1  # write sample rollouts to rollouts.jsonl every K steps
     eval_every: int | None = None  # validation every K steps (0 = off)
     eval_data: str | None = None  # validation problems (default: held-out arithmetic for 'arith', else math500)
     eval_limit: int = 32  # validation problems
-    resume: str | None = None  # 'auto' or a checkpoint folder
+    resume: str | None = None  # 'auto' (newest usable checkpoint in --out-dir) or a checkpoint folder
+    overwrite: bool = False  # start a new run in an --out-dir that holds one, deleting its metrics and checkpoints
+    allow_config_change: bool = False  # resume even though loss/data/sampling flags differ from the checkpoint's
     stop_after: int = 0  # end this invocation (with a checkpoint) after this many steps, 0 = never (job time limits)
     seed: int = 0  # everything random derives from it
 
@@ -120,22 +133,31 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     preset = cfg.preset or ("gpu" if torch.cuda.is_available() else "cpu")
     if preset not in PRESETS:
         raise ValueError(f"--preset must be cpu or gpu, got {cfg.preset!r}")
+    if cfg.resume == "auto" and not cfg.out_dir:
+        raise ValueError("--resume auto needs --out-dir: the run folder to continue")
     fills = {**PRESETS[preset], **ALGORITHMS[cfg.algo]}
     cfg = dataclasses.replace(cfg, preset=preset, **{k: v for k, v in fills.items() if getattr(cfg, k) is None})
-    if cfg.overlong_buffer == -1:
+    if cfg.overlong_buffer == -1 and isinstance(cfg.max_new_tokens, int):
         cfg.overlong_buffer = cfg.max_new_tokens // 4
+    if cfg.format_penalty is None:  # no answer must never beat a wrong one that the overlong penalty hits
+        cfg.format_penalty = RewardConfig.overlong_factor if cfg.overlong_buffer else 0.0
     cfg.out_dir = cfg.out_dir or os.path.join("runs", f"{cfg.algo}-{time.strftime('%Y%m%d-%H%M%S')}")
     return cfg
 
 
+def reward_config(cfg: TrainConfig) -> RewardConfig:
+    return RewardConfig(format_penalty=cfg.format_penalty, overlong_buffer=cfg.overlong_buffer)
+
+
 # ----------------------------------------------------------------------------- rollout
 
-def sample_with_retry(model, prompt_ids, params, cfg, tokenizer):
+def sample_with_retry(model, prompt_ids, params, cfg, tokenizer, should_stop=None):
     """rollout.generate; on CUDA out-of-memory, halve the sampler's slots (for the rest of the run) and retry."""
     while True:
         try:
             with torch.no_grad():
-                return generate(model, prompt_ids, params, EngineConfig(max_num_seqs=cfg.max_num_seqs), tokenizer)
+                return generate(model, prompt_ids, params, EngineConfig(max_num_seqs=cfg.max_num_seqs), tokenizer,
+                                should_stop=should_stop)
         except torch.cuda.OutOfMemoryError:
             if cfg.max_num_seqs <= 1:
                 raise
@@ -144,111 +166,191 @@ def sample_with_retry(model, prompt_ids, params, cfg, tokenizer):
             print(f"rollout ran out of GPU memory; retrying with --max-num-seqs {cfg.max_num_seqs}", file=sys.stderr)
 
 
+def rollout(run: preflight.Run, cfg, step, rank, world, is_dist, stop):
+    """This rank's groups of the step: G samples per prompt, scored, dynamic sampling's rounds included.
+
+    When stop() turns True the sampler returns within one engine step and placeholder groups end the phase
+    at once, in the same collectives as the other ranks (the caller then abandons the step).
+    Returns (groups, rollout_stats over everything sampled, dynamic-sampling stats)."""
+    level, tokenizer, curriculum = run.curriculum.level, run.tokenizer, run.curriculum
+    G, max_len = level.group_size, min(level.max_len, cfg.max_new_tokens)
+    stats = {"generated_tokens": 0, "rounds": 0, "correct": 0, "responses": 0}
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    def sample_and_score(batch):
+        placeholders = [dict(problem=p, prompt=[], samples=[], texts=[], results=[], rewards=list(range(G)))
+                        for p in batch]  # unequal rewards: dynamic sampling keeps them and stops asking
+        if stop():
+            return placeholders
+        texts = [build_prompt(p, tokenizer, run.prompt_cfg) for p in batch]
+        prompt_ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=max_len, n=G,
+                                stop_token_ids=eos, stop_strings=stop_strings(run.prompt_cfg, batch),
+                                seed=cfg.seed * 1_000_003 + step * 1009 + rank * 101 + stats["rounds"])
+        stats["rounds"] += 1
+        try:
+            samples, gen_stats = sample_with_retry(run.infer, prompt_ids, params, cfg, tokenizer, should_stop=stop)
+        except Interrupted:
+            return placeholders
+        if stop():  # scoring can take a while too
+            return placeholders
+        stats["generated_tokens"] += gen_stats["generated_tokens"]
+        responses = [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in samples]
+        results = score_batch(responses, [p.answer for p in batch for _ in range(G)], reward_config(cfg),
+                              workers=cfg.reward_workers, response_lens=[len(s.token_ids) for s in samples],
+                              max_len=max_len)
+        stats["correct"] += sum(r.correct for r in results)
+        stats["responses"] += len(results)
+        return [dict(problem=batch[i], prompt=prompt_ids[i], samples=samples[i * G:(i + 1) * G],
+                     texts=responses[i * G:(i + 1) * G], results=results[i * G:(i + 1) * G],
+                     rewards=[r.score for r in results[i * G:(i + 1) * G]]) for i in range(len(batch))]
+
+    groups_per_rank = level.prompts_per_step // world
+    if cfg.dynamic_sampling:
+        groups, ds_stats = collect_groups(curriculum.next_prompts, sample_and_score, groups_per_rank,
+                                          cfg.max_sampling_rounds,
+                                          min_over_ranks=(lambda n: -max_over_ranks(-n)) if is_dist else None)
+    else:
+        groups = sample_and_score(curriculum.next_prompts(groups_per_rank))
+        ds_stats = {"dropped_fraction": float(np.mean([len(set(g["rewards"])) == 1 for g in groups]))}
+    return groups, stats, ds_stats
+
+
+def agree(flag: bool, is_dist: bool) -> bool:
+    """True on every rank when it is True on any (one all-reduce)."""
+    return bool(max_over_ranks(int(flag))) if is_dist else flag
+
+
+# ----------------------------------------------------------------------------- log
+
+def reward_traps(row: dict, seen: dict) -> list[str]:
+    """Warnings, each once per run, for a policy learning to say nothing: most responses empty, the mean length
+    below a quarter of its first value, or the length penalty outweighing the correctness reward."""
+    if "response_len" not in row:
+        return []
+    first = seen.setdefault("first_len", (row["step"], row["response_len"]))
+    found = {}
+    if row["empty_frac"] >= 0.5:
+        found["empty"] = f"{row['empty_frac']:.0%} of the responses are empty"
+    if first[1] >= 4 and row["response_len"] < first[1] / 4:
+        found["short"] = (f"the mean response length fell to {row['response_len']:.1f} tokens "
+                          f"({first[1]:.1f} at step {first[0]})")
+    if -row["length_penalty"] > max(row["accuracy"], 0.1):
+        found["penalty"] = (f"the length penalty (mean {row['length_penalty']:.2f}) outweighs the correctness reward "
+                            f"(mean {row['accuracy']:.2f})")
+    new = [k for k in found if k not in seen]
+    seen.update({k: row["step"] for k in new})
+    return [f"warning: step {row['step']}: {found[k]}: the policy may be learning to answer short or not at all "
+            "(check --max-new-tokens, --overlong-buffer, --format-penalty)" for k in new]
+
+
+def step_row(step, level_index, level, max_len, groups, rollout_stats, ds_stats, update, sums, timings, cfg) -> dict:
+    """metrics.jsonl row of one step (the means over sums: responses in the trained groups of all ranks)."""
+    samples = [s for g in groups for s in g["samples"]]
+    results = [r for g in groups for r in g["results"]]
+    rollout_s, update_s = timings
+    row = dict(step=step + 1, level=level_index, level_name=level.name, max_len=max_len,
+               pass_rate=sums["correct_sampled"] / max(sums["sampled"], 1),
+               response_len_max=max((len(s.token_ids) for s in samples), default=0),
+               reward_timeouts=sum(r.timed_out for r in results),
+               zero_variance_frac=ds_stats.get("dropped_fraction", 0.0), sampling_rounds=rollout_stats["rounds"],
+               grad_norm=update["grad_norm"], skipped_updates=update["skipped"],
+               rollout_tok_s=rollout_stats["generated_tokens"] / rollout_s, rollout_s=rollout_s, update_s=update_s)
+    n = sums["responses"]  # 0 when dynamic sampling kept no group: no means to log
+    if n:
+        trained_tokens = sum(len(g["prompt"]) + len(s.token_ids) for g in groups for s in g["samples"])
+        row.update(reward=sums["reward"] / n, accuracy=sums["correct"] / n, boxed_rate=sums["boxed"] / n,
+                   response_len=sums["tokens"] / n, truncated_frac=sums["truncated"] / n,
+                   empty_frac=sums["empty"] / n, length_penalty=sums["length_penalty"] / n,
+                   train_tok_s=update["ppo_epochs"] * trained_tokens / update_s)
+    return row
+
+
+def step_sums(groups, rollout_stats, cfg, is_dist) -> dict:
+    """Sums over all ranks: the trained groups' rewards, lengths, penalties; the pass rate over everything sampled."""
+    samples = [s for g in groups for s in g["samples"]]
+    results = [r for g in groups for r in g["results"]]
+    texts = [t for g in groups for t in g["texts"]]
+    values = {"reward": sum(r.score for r in results), "correct": sum(r.correct for r in results),
+              "boxed": sum(r.format_ok for r in results), "tokens": sum(len(s.token_ids) for s in samples),
+              "truncated": sum(s.finish_reason == "length" for s in samples), "responses": len(results),
+              "empty": sum(not t.strip() for t in texts),
+              "length_penalty": sum(r.score - r.correct + (0.0 if r.format_ok else cfg.format_penalty) for r in results),
+              "correct_sampled": rollout_stats["correct"], "sampled": rollout_stats["responses"]}
+    return dict(zip(values, all_sum(list(values.values()), is_dist)))
+
+
 # ----------------------------------------------------------------------------- main
+
+def fail(message, rank: int = 0, is_dist: bool = False):
+    sys.exit(f"error (rank {rank}): {message}" if is_dist else f"error: {message}")
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(parser, TrainConfig)
-    try:
-        cfg = resolve(dataclass_from_args(TrainConfig, parser.parse_args(argv)))
+    args = parser.parse_args(argv)
+    world_env, rank_env = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    try:  # cheap checks first, before torchrun's rendezvous and anything heavy; nothing is written
+        cfg = resolve(dataclass_from_args(TrainConfig, args))
+        preflight.validate(cfg, world_env)
+        preflight.check_out_dir(cfg.out_dir)
+        preflight.check_run_folder(cfg)
     except ValueError as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {e}" if rank_env == 0 else 1)
+    if not args.preset and rank_env == 0:
+        print(f"preset {cfg.preset}: " + ("CUDA is available (--preset cpu: the CPU demo's values)" if cfg.preset == "gpu"
+                                          else "no CUDA device (--preset gpu: the papers' values)"))
     rank, world, device, is_dist = dist_init()
     try:
-        train(cfg, rank, world, device, is_dist, is_master=rank == 0)
+        with ckpt.StopSignal(verbose=rank == 0) as stop:
+            try:
+                run = preflight.setup(cfg, rank, world, device, is_dist, is_master=rank == 0)
+            except ValueError as e:
+                fail(e, rank, is_dist)
+            train(cfg, run, rank, world, device, is_dist, rank == 0, stop)
     finally:
         dist_cleanup(is_dist)
 
 
-def train(cfg, rank, world, device, is_dist, is_master):
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    torch.manual_seed(cfg.seed)
-    # ------------------------------------------------------------------ setup (bad input: one line, no traceback)
+def save_checkpoint(cfg, run: preflight.Run, steps_done, is_dist, is_master, rank) -> str:
     try:
-        policy, tokenizer = M.load_model(cfg.model, device=device, dtype=torch.float32)
-        if tokenizer is None:
-            raise ValueError(f"{cfg.model}: no tokenizer files in the model folder")
-        problems = load_problems(cfg.data)
-        levels = make_schedule(cfg.curriculum, cfg.total_steps, cfg.max_new_tokens, cfg.group_size,
-                               cfg.prompts_per_step, overrides=cfg.schedule_overrides)
-        masker = PlanningMasker(tokenizer, load_grams(cfg.grams))
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    hf_config = policy.hf_config
-    infer = policy  # single process: sample from the trainable weights themselves
-    if is_dist:
-        infer = M.load_model(cfg.model, device=device, dtype=dtype, tokenizer=False)[0]
-        policy = shard_policy(policy, device, cfg.activation_checkpointing)
-    else:
-        policy.activation_checkpointing = cfg.activation_checkpointing
-    reference = M.load_model(cfg.model, device=device, dtype=dtype, tokenizer=False)[0] if cfg.kl_coef > 0 else None
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
-    curriculum = Curriculum(problems, levels, cfg.curriculum, seed=cfg.seed, rank=rank, world_size=world)
-    prompt_cfg = PromptConfig(template=cfg.template)
-    reward_cfg = RewardConfig(format_penalty=cfg.format_penalty, overlong_buffer=cfg.overlong_buffer)
-    start_step, initial_ppl = 0, {}
-    if cfg.resume:
-        try:
-            state = ckpt.load(cfg.resume, cfg.out_dir, policy, optimizer, is_dist, log=is_master)
-        except ValueError as e:
-            sys.exit(f"error: {e}")
-        if state is not None:
-            curriculum.load_state_dict(state["curriculum"])
-            start_step, initial_ppl = state["step"], state.get("initial_ppl", {})
-            ckpt.set_rng_state(state["rng"])
-            if is_dist:
-                infer.load_state_dict(full_state_dict(policy, is_dist))
+        return ckpt.save(cfg.out_dir, steps_done, full_state_dict(run.policy, is_dist), run.hf_config, run.tokenizer,
+                         run.policy, run.optimizer, dict(curriculum=run.curriculum.state_dict(),
+                                                         initial_ppl=run.initial_ppl, config=dataclasses.asdict(cfg)),
+                         is_dist, is_master, keep=cfg.keep_checkpoints, run_id=run.run_id)
+    except ValueError as e:  # disk full, non-finite weights: the last good checkpoint stays
+        fail(e, rank, is_dist)
+
+
+def train(cfg, run: preflight.Run, rank, world, device, is_dist, is_master, stop):
+    curriculum, tokenizer, masker = run.curriculum, run.tokenizer, run.masker
+    metrics_file = None
     if is_master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        print(json.dumps(dataclasses.asdict(cfg), indent=2))
-        json.dump(dataclasses.asdict(cfg), open(os.path.join(cfg.out_dir, "config.json"), "w"), indent=2)
-    stop_requested = ckpt.install_stop_handler()
-    metrics_file = open_metrics(cfg.out_dir, start_step) if is_master else None
-    held_out = []
-    if cfg.eval_every:
-        pool = load_problems(cfg.eval_data or ("arith" if cfg.data == "arith" else "math500"), seed=cfg.seed + 1, verbose=False)
-        held_out = random.Random(cfg.seed).sample(pool, min(cfg.eval_limit, len(pool)))  # a spread over levels
-    bar = tqdm(range(start_step, cfg.total_steps), initial=start_step, total=cfg.total_steps, disable=not is_master,
-               desc="train", dynamic_ncols=True)
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        preflight.claim_run_folder(cfg, run.start_step)
+        metrics_file = open_metrics(cfg.out_dir, run.start_step)
+    bar = tqdm(range(run.start_step, cfg.total_steps), initial=run.start_step, total=cfg.total_steps,
+               disable=not is_master, desc="train", dynamic_ncols=True)
+    saved, steps_done, ended, traps = run.resumed_from, run.start_step, None, {}
     for step in bar:
         if curriculum.finished:
             break
+        at_start = curriculum.state_dict(), ckpt.rng_state()  # what an abandoned step goes back to
         level = curriculum.level
-        eps_low, eps_high = cfg.eps_low if cfg.eps_low is not None else level.eps_low, cfg.eps_high if cfg.eps_high is not None else level.eps_high
+        eps_low = cfg.eps_low if cfg.eps_low is not None else level.eps_low
+        eps_high = cfg.eps_high if cfg.eps_high is not None else level.eps_high
         loss_cfg = LossConfig(eps_low=eps_low, eps_high=eps_high, agg=cfg.agg, norm_len=level.max_len,
                               kl_coef=cfg.kl_coef, entropy_coef=cfg.entropy_coef)
         G, max_len = level.group_size, min(level.max_len, cfg.max_new_tokens)
-        groups_per_rank = max(1, level.prompts_per_step // world)
         t0 = time.perf_counter()
 
         # ---------------------------------------------------------- rollout + reward (dynamic sampling)
-        rollout_stats = {"generated_tokens": 0, "rounds": 0, "correct": 0, "responses": 0}  # over everything sampled
-
-        def sample_and_score(batch):
-            texts = [build_prompt(p, tokenizer, prompt_cfg) for p in batch]
-            prompt_ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
-            params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=max_len, n=G,
-                                    stop_token_ids=eos, stop_strings=stop_strings(prompt_cfg, batch),
-                                    seed=cfg.seed * 1_000_003 + step * 1009 + rank * 101 + rollout_stats["rounds"])
-            rollout_stats["rounds"] += 1
-            samples, stats = sample_with_retry(infer, prompt_ids, params, cfg, tokenizer)
-            rollout_stats["generated_tokens"] += stats["generated_tokens"]
-            responses = [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in samples]
-            results = score_batch(responses, [p.answer for p in batch for _ in range(G)], reward_cfg,
-                                  workers=cfg.reward_workers, response_lens=[len(s.token_ids) for s in samples], max_len=max_len)
-            rollout_stats["correct"] += sum(r.correct for r in results)
-            rollout_stats["responses"] += len(results)
-            return [dict(problem=batch[i], prompt=prompt_ids[i], samples=samples[i * G:(i + 1) * G],
-                         texts=responses[i * G:(i + 1) * G], results=results[i * G:(i + 1) * G],
-                         rewards=[r.score for r in results[i * G:(i + 1) * G]]) for i in range(len(batch))]
-
-        if cfg.dynamic_sampling:
-            groups, ds_stats = collect_groups(curriculum.next_prompts, sample_and_score, groups_per_rank, cfg.max_sampling_rounds,
-                                              min_over_ranks=(lambda n: -max_over_ranks(-n)) if is_dist else None)
-        else:
-            groups = sample_and_score(curriculum.next_prompts(groups_per_rank))
-            ds_stats = {"dropped_fraction": float(np.mean([len(set(g["rewards"])) == 1 for g in groups]))}
+        groups, rollout_stats, ds_stats = rollout(run, cfg, step, rank, world, is_dist, stop)
+        if agree(stop(), is_dist):  # a signal during the rollout: abandon the step, keep the last completed one
+            curriculum.load_state_dict(at_start[0])
+            ckpt.set_rng_state(at_start[1])
+            ended = f"by {stop.name or 'a signal on another rank'} during step {step + 1}'s rollout (abandoned)"
+            break
         rollout_s = time.perf_counter() - t0
         samples = [s for g in groups for s in g["samples"]]
         results = [r for g in groups for r in g["results"]]
@@ -265,72 +367,74 @@ def train(cfg, rank, world, device, is_dist, is_master):
         t1 = time.perf_counter()
         lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
         ppo_epochs = cfg.ppo_epochs or level.ppo_epochs
-        update = ppo_update(policy, optimizer, batch, cfg, loss_cfg, ppo_epochs, lr, world, is_dist, device, reference)
+        update = ppo_update(run.policy, run.optimizer, batch, cfg, loss_cfg, ppo_epochs, lr, world, is_dist, device,
+                            run.reference)
         if is_dist:  # refresh the inference copy once per step, never per decoded token
-            infer.load_state_dict(full_state_dict(policy, is_dist))
+            run.infer.load_state_dict(full_state_dict(run.policy, is_dist))
         update_s = time.perf_counter() - t1
 
         # ---------------------------------------------------------- curriculum decision (same on every rank)
         # pass rate over everything sampled: the kept groups are biased (dynamic sampling drops all-correct ones)
-        sample_sums = all_sum([sum(r.score for r in results), sum(r.correct for r in results),
-                               sum(r.format_ok for r in results), sum(len(s.token_ids) for s in samples),
-                               sum(s.finish_reason == "length" for s in samples), len(results),
-                               rollout_stats["correct"], rollout_stats["responses"]], is_dist)
-        pass_rate = sample_sums[6] / max(sample_sums[7], 1)
+        sums = step_sums(groups, rollout_stats, cfg, is_dist)
         level_index = curriculum.level_index
-        level_changed = curriculum.end_step(pass_rate)
-        stop = stop_requested() or step + 1 - start_step == cfg.stop_after
-        stop = bool(max_over_ranks(int(stop))) if is_dist else stop
+        level_changed = curriculum.end_step(sums["correct_sampled"] / max(sums["sampled"], 1))
+        steps_done = step + 1
+        stopping = agree(stop() or steps_done - run.start_step == cfg.stop_after, is_dist)
 
         # ---------------------------------------------------------- log
         if is_master:
-            row = dict(step=step + 1, level=level_index, level_name=level.name, max_len=max_len, pass_rate=pass_rate,
-                       response_len_max=max((len(s.token_ids) for s in samples), default=0),
-                       reward_timeouts=sum(r.timed_out for r in results),
-                       zero_variance_frac=ds_stats.get("dropped_fraction", 0.0), sampling_rounds=rollout_stats["rounds"],
-                       grad_norm=update["grad_norm"], skipped_updates=update["skipped"], level_changed=level_changed,
-                       rollout_tok_s=rollout_stats["generated_tokens"] / rollout_s, rollout_s=rollout_s, update_s=update_s)
-            n = sample_sums[5]  # responses in the trained groups; 0 when dynamic sampling kept none: no means to log
-            if n:
-                row.update(reward=sample_sums[0] / n, accuracy=sample_sums[1] / n, boxed_rate=sample_sums[2] / n,
-                           response_len=sample_sums[3] / n, truncated_frac=sample_sums[4] / n,
-                           train_tok_s=ppo_epochs * sum(len(p) + len(r) for p, r in batch.seqs) / update_s)
-            row.update(update_metrics(update["loss_stats"], update["token_stats"], initial_ppl))
+            update["ppo_epochs"] = ppo_epochs
+            row = step_row(step, level_index, level, max_len, groups, rollout_stats, ds_stats, update, sums,
+                           (rollout_s, update_s), cfg)
+            row["level_changed"] = level_changed
+            row.update(update_metrics(update["loss_stats"], update["token_stats"], run.initial_ppl))
             row["semantic_entropy"] = semantic_entropy(masker.matched_grams(texts)) + 0.0  # no "-0"
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
-            bar.set_postfix(reward=f"{row.get('reward', float('nan')):.2f}", pass_rate=f"{pass_rate:.2f}", level=level.name)
+            bar.set_postfix(reward=f"{row.get('reward', float('nan')):.2f}", pass_rate=f"{row['pass_rate']:.2f}",
+                            level=level.name)
             tqdm.write(" ".join(f"{k}={row[k]:.3g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in
-                                ("step", "level_name", "pass_rate", "reward", "accuracy", "boxed_rate", "response_len", "clip_frac_high",
-                                 "semantic_entropy", "planning_token_ratio", "rollout_tok_s", "train_tok_s") if k in row))
+                                ("step", "level_name", "pass_rate", "reward", "accuracy", "boxed_rate", "response_len",
+                                 "clip_frac_high", "semantic_entropy", "planning_token_ratio", "rollout_tok_s",
+                                 "train_tok_s") if k in row))
+            for warning in reward_traps(row, traps):
+                tqdm.write(warning, file=sys.stderr)
             if cfg.log_rollouts_every and step % cfg.log_rollouts_every == 0:
                 write_rollouts(cfg.out_dir, step + 1, groups, masker, tokenizer)
 
-        # ---------------------------------------------------------- validation
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+        # ---------------------------------------------------------- validation (not when stopping: it takes a rollout)
+        if cfg.eval_every and steps_done % cfg.eval_every == 0 and not stopping:
             val_cfg = evaluation.EvalConfig(k="1", temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                             template=cfg.template, progress=False)
-            val = evaluation.validate(infer, tokenizer, held_out, val_cfg, rank, world)["average"]
+            val = evaluation.validate(run.infer, tokenizer, run.held_out, val_cfg, rank, world)["average"]
             if is_master:
-                metrics_file.write(json.dumps({"step": step + 1, **{f"val_{k}": v for k, v in val.items()}}) + "\n")
-                tqdm.write(f"validation step {step + 1}: " + " ".join(f"{k}={v:.3g}" for k, v in val.items()))
+                metrics_file.write(json.dumps({"step": steps_done, **{f"val_{k}": v for k, v in val.items()}}) + "\n")
+                tqdm.write(f"validation step {steps_done}: " + " ".join(f"{k}={v:.3g}" for k, v in val.items()))
 
         # ---------------------------------------------------------- checkpoint
-        last = step + 1 == cfg.total_steps or curriculum.finished
-        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or last or stop:
-            ckpt.save(cfg.out_dir, step + 1, full_state_dict(policy, is_dist), hf_config, tokenizer, policy, optimizer,
-                      dict(curriculum=curriculum.state_dict(), initial_ppl=initial_ppl, config=dataclasses.asdict(cfg)),
-                      is_dist, is_master, keep=cfg.keep_checkpoints)
-        if stop:
-            if is_master:
-                tqdm.write(f"stopped after step {step + 1}; checkpoint saved, continue with --resume auto")
+        last = steps_done == cfg.total_steps or curriculum.finished
+        if (cfg.save_every and steps_done % cfg.save_every == 0) or last or stopping:
+            saved = save_checkpoint(cfg, run, steps_done, is_dist, is_master, rank)
+            stopping = stopping or agree(stop(), is_dist)  # a signal during the save: no extra step
+        if stopping:
+            ended = f"by {stop.name}" if stop() else f"after --stop-after {cfg.stop_after} steps"
+            ended = f"{ended} after step {steps_done}" if stop() else ended
             break
+    if ended and (saved is None or not saved.endswith(f"step_{steps_done:06d}")) and steps_done > 0:
+        saved = save_checkpoint(cfg, run, steps_done, is_dist, is_master, rank)  # the last completed step
     if is_master:
-        metrics_file.close()
-        figure = plot_run(cfg.out_dir)
-        print(f"\nrun folder: {cfg.out_dir}\n  metrics:    {os.path.join(cfg.out_dir, 'metrics.jsonl')}"
-              f"\n  rollouts:   {os.path.join(cfg.out_dir, 'rollouts.jsonl')}\n  figure:     {figure}"
-              f"\n  checkpoint: {ckpt.latest(cfg.out_dir)}")
+        finish(cfg, metrics_file, saved, steps_done, ended)
+
+
+def finish(cfg, metrics_file, saved, steps_done, ended):
+    metrics_file.close()
+    if ended:
+        kept = f"checkpoint saved: {saved} (step {steps_done})" if saved else "no step completed: nothing saved"
+        tqdm.write(f"stopped {ended}; {kept}" + ("; continue with --resume auto" if saved else ""))
+    figure = plot_run(cfg.out_dir)
+    print(f"\nrun folder: {cfg.out_dir}\n  metrics:    {os.path.join(cfg.out_dir, 'metrics.jsonl')}"
+          f"\n  rollouts:   {os.path.join(cfg.out_dir, 'rollouts.jsonl')}\n  figure:     {figure}"
+          f"\n  checkpoint: {saved}")
 
 
 if __name__ == "__main__":

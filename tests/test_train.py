@@ -1,6 +1,7 @@
 """train.py end to end: metrics, checkpoints that transformers loads, exact resume, FSDP2 == one process, signals."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -148,7 +149,7 @@ def test_rollout_out_of_memory_retries_with_half_the_slots(monkeypatch, capsys):
     """A CUDA OOM in the sampler halves max_num_seqs and retries (and says so); at one slot it gives up."""
     tried = []
 
-    def fake_generate(model, prompts, params, engine, tokenizer):
+    def fake_generate(model, prompts, params, engine, tokenizer, should_stop=None):
         tried.append(engine.max_num_seqs)
         if engine.max_num_seqs > 8:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
@@ -160,7 +161,7 @@ def test_rollout_out_of_memory_retries_with_half_the_slots(monkeypatch, capsys):
     assert tried == [64, 32, 16, 8] and cfg.max_num_seqs == 8
     assert "retrying with --max-num-seqs 8" in capsys.readouterr().err
 
-    monkeypatch.setattr(train, "generate", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("simulated")))
+    monkeypatch.setattr(train, "generate", lambda *a, **k: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("simulated")))
     cfg = train.TrainConfig(max_num_seqs=2)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         train.sample_with_retry(None, [[1]], None, cfg, None)
@@ -175,3 +176,238 @@ def test_step_with_no_trainable_group_logs_no_means(tmp_path, tiny_chat_model):
     assert step["zero_variance_frac"] == 1.0 and step["pass_rate"] == 0.0
     for key in ("reward", "accuracy", "boxed_rate", "response_len", "train_tok_s"):
         assert key not in step, key
+
+
+# ----------------------------------------------------------------------------- nothing lost, nothing silently wrong
+
+TINY_RUN = ["--data", "arith", "--preset", "cpu", "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "12",
+            "--curriculum", "none", "--no-dynamic-sampling"]
+
+
+def main_error(capsys, *argv):
+    """train.main's one-line error (SystemExit with a message), and what it printed."""
+    with pytest.raises(SystemExit) as e:
+        train.main(list(argv))
+    assert isinstance(e.value.code, str) and e.value.code.startswith("error: ") and "\n" not in e.value.code
+    return e.value.code, capsys.readouterr().out
+
+
+def snapshot(folder):
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def test_a_new_run_never_writes_into_a_used_run_folder(tmp_path, tiny_chat_model, capsys):
+    """Issue repro 1: a second run (other seed, no --resume) into a finished run's folder is refused and changes
+    nothing; --overwrite replaces the old run; the final line names this run's checkpoint."""
+    run_train(tmp_path, tiny_chat_model, "--total-steps", "3", "--curriculum", "none", "--no-dynamic-sampling")
+    before = snapshot(tmp_path)
+    message, _ = main_error(capsys, "--model", tiny_chat_model, "--out-dir", str(tmp_path), *TINY_RUN,
+                            "--total-steps", "2", "--save-every", "1", "--seed", "7")
+    assert "already holds a run (3 rows in metrics.jsonl, 3 checkpoints" in message
+    assert "--resume auto" in message and "--overwrite" in message
+    assert snapshot(tmp_path) == before
+    rows = run_train(tmp_path, tiny_chat_model, "--total-steps", "2", "--curriculum", "none", "--no-dynamic-sampling",
+                     "--seed", "7", "--overwrite")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step_000001", "step_000002"]
+    assert json.load(open(tmp_path / "config.json"))["seed"] == 7
+    assert f"checkpoint: {tmp_path / 'checkpoints' / 'step_000002'}" in capsys.readouterr().out
+
+
+def test_resume_auto_with_every_checkpoint_corrupt_refuses_to_start_over(tmp_path, tiny_chat_model, capsys):
+    run_train(tmp_path, tiny_chat_model, "--total-steps", "2", "--curriculum", "none", "--no-dynamic-sampling")
+    for name in ("step_000001", "step_000002"):
+        weights = tmp_path / "checkpoints" / name / "policy" / "model.safetensors"
+        with open(weights, "r+b") as f:
+            f.seek(os.path.getsize(weights) // 2)
+            f.write(b"\xff" * 1024)
+    message, out = main_error(capsys, "--model", tiny_chat_model, "--out-dir", str(tmp_path), *TINY_RUN,
+                              "--total-steps", "3", "--save-every", "1", "--keep-checkpoints", "3", "--resume", "auto")
+    assert out.count("is not usable: policy/model.safetensors does not match its checksum") == 2
+    assert "no usable checkpoint" in message and "holds a run (2 rows in metrics.jsonl" in message
+    assert len(open(tmp_path / "metrics.jsonl").readlines()) == 2
+
+
+def test_keep_checkpoints_one_keeps_the_final_model(tmp_path, tiny_chat_model, capsys):
+    """Issue repro 2: --keep-checkpoints 0 is refused; 1 keeps the last checkpoint."""
+    message, _ = main_error(capsys, "--model", tiny_chat_model, "--out-dir", str(tmp_path / "k0"), *TINY_RUN,
+                            "--total-steps", "1", "--keep-checkpoints", "0")
+    assert "--keep-checkpoints 0: must be a whole number >= 1" in message
+    run_train(tmp_path / "k1", tiny_chat_model, "--total-steps", "2", "--keep-checkpoints", "1", "--curriculum", "none",
+              "--no-dynamic-sampling")
+    assert os.listdir(tmp_path / "k1" / "checkpoints") == ["step_000002"]
+
+
+BAD_FLAGS = [("--lr=-1e-3", "--lr -0.001: must be a number > 0"),
+             ("--eps-low=1.5", "--eps-low 1.5: must be in [0, 1)"),
+             ("--top-p=0", "--top-p 0.0: must be in (0, 1]"), ("--top-p=1.5", "--top-p 1.5: must be in (0, 1]"),
+             ("--temperature=-1", "--temperature -1.0: must be a number > 0"),
+             ("--template=nope", "--template 'nope': must be one of auto"), ("--agg=nope", "--agg 'nope': must be one of"),
+             ("--hicra-tokens=nope", "--hicra-tokens 'nope': must be one of planning"),
+             ("--adv-scale=nope", "--adv-scale 'nope': must be one of group"),
+             ("--total-steps=0", "--total-steps 0: must be a whole number >= 1"),
+             ("--total-steps=-3", "--total-steps -3: must be a whole number >= 1"),
+             ("--group-size=1", "--group-size 1: must be >= 2"), ("--ppo-epochs=0", "--ppo-epochs 0: must be >= 1"),
+             ("--hicra-alpha=-1", "--hicra-alpha -1.0: must be a number >= 0"),
+             ("--curriculum=nope", "--curriculum 'nope': must be one of"), ("--max-new-tokens=0", "--max-new-tokens 0"),
+             ("--overlong-buffer=12", "--overlong-buffer 12: must be in [0, --max-new-tokens 12)"),
+             ("--grams=/nope.json", "--grams '/nope.json': must be an existing file"),
+             ("--resume=/nope", "--resume '/nope': must be 'auto' or a checkpoint folder"),
+             ("--seed=-1", "--seed -1: must be a whole number >= 0"), ("--eval-limit=0", "--eval-limit 0"),
+             ("--micro-batch-tokens=0", "--micro-batch-tokens 0"), ("--grad-clip=0", "--grad-clip 0.0"),
+             ("--weight-decay=-1", "--weight-decay -1.0"), ("--kl-coef=-1", "--kl-coef -1.0"),
+             ("--format-penalty=-1", "--format-penalty -1.0"), ("--hicra-top-q=0", "--hicra-top-q 0.0"),
+             ("--max-prompt-tokens=-1", "--max-prompt-tokens -1"), ("--save-every=-1", "--save-every -1"),
+             ("--lr=nan", "--lr nan: must be a number > 0")]
+
+
+@pytest.mark.parametrize("bad,expected", BAD_FLAGS)
+def test_bad_flags_are_named_before_anything_loads(tmp_path, monkeypatch, capsys, bad, expected):
+    """Issue list 3: one line naming the flag, before the model loads (load_model would fail first) and with
+    nothing created in the run folder."""
+    monkeypatch.setattr(M, "load_model", lambda *a, **k: pytest.fail("the model loaded before validation"))
+    monkeypatch.setattr(M, "resolve_path", lambda *a, **k: pytest.fail("the model was looked up before validation"))
+    message, _ = main_error(capsys, "--out-dir", str(tmp_path / "run"), *TINY_RUN, bad)
+    assert expected in message
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_several_bad_flags_are_named_together(tmp_path, capsys):
+    message, _ = main_error(capsys, "--out-dir", str(tmp_path), *TINY_RUN, "--top-p=0", "--lr=0")
+    assert "--top-p 0.0: must be in (0, 1]" in message and "--lr 0.0: must be a number > 0" in message
+
+
+def test_unwritable_out_dir_is_one_line_before_anything_heavy(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(M, "load_model", lambda *a, **k: pytest.fail("the model loaded before the out-dir check"))
+    (tmp_path / "file").write_text("x")
+    message, _ = main_error(capsys, "--out-dir", str(tmp_path / "file" / "run"), *TINY_RUN)
+    assert message == f"error: --out-dir {tmp_path / 'file' / 'run'}: {tmp_path / 'file'} is a file, not a folder"
+    message, _ = main_error(capsys, "--out-dir", "/proc/hicra-run", *TINY_RUN)
+    assert message.startswith("error: --out-dir /proc/hicra-run: cannot write in /proc")
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(readonly)], capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        message, _ = main_error(capsys, "--out-dir", str(readonly / "run"), *TINY_RUN)
+        assert message == f"error: --out-dir {readonly / 'run'}: cannot write in {readonly} (Read-only file system)"
+    finally:
+        subprocess.run(["umount", str(readonly)])
+
+
+def test_resume_checks(tmp_path, tiny_chat_model, capsys):
+    """--resume auto needs --out-dir; changed settings are refused by name (--allow-config-change lets them through);
+    --total-steps below the checkpoint is an error."""
+    message, _ = main_error(capsys, "--model", tiny_chat_model, *TINY_RUN, "--resume", "auto")
+    assert message == "error: --resume auto needs --out-dir: the run folder to continue"
+    base = ["--model", tiny_chat_model, "--out-dir", str(tmp_path), *TINY_RUN, "--save-every", "1",
+            "--keep-checkpoints", "3"]
+    train.main(base + ["--total-steps", "2"])
+    message, _ = main_error(capsys, *base, "--total-steps", "3", "--resume", "auto", "--algo", "dapo", "--lr", "1e-3",
+                            "--group-size", "8", "--seed", "5")
+    for changed in ("--algo 'dapo' (checkpoint: 'hicra')", "--lr 0.001 (checkpoint: 2e-05)",
+                    "--group-size 8 (checkpoint: 4)", "--seed 5 (checkpoint: 0)"):
+        assert changed in message, changed
+    assert "--allow-config-change" in message
+    message, _ = main_error(capsys, *base, "--total-steps", "1", "--resume", "auto")
+    assert "--total-steps 1 is below the step of" in message and "step_000002 (2)" in message
+    rows = run_train(tmp_path, tiny_chat_model, "--total-steps", "3", "--curriculum", "none", "--no-dynamic-sampling",
+                     "--resume", "auto", "--lr", "1e-4", "--allow-config-change")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert "continuing" in capsys.readouterr().out
+
+
+def test_prompts_per_step_must_split_over_the_ranks(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    message, _ = main_error(capsys, "--out-dir", str(tmp_path), *TINY_RUN, "--prompts-per-step", "3")
+    assert "--prompts-per-step 3: must be a multiple of the 2 ranks" in message
+
+
+def test_over_long_problems_are_skipped_by_file_and_line(tmp_path, tiny_chat_model, capsys):
+    """Issue repro 5: a 100K-character problem (the tiny model's context is 256 tokens) is skipped with its file
+    and line named, and the run goes on at once; a response budget beyond the context is capped."""
+    data = tmp_path / "mixed.jsonl"
+    rows = [{"problem": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(4)]
+    rows.insert(2, {"problem": "What is " + "1 + " * 25_000 + "1?", "answer": "25001"})
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    start = time.time()
+    rows = run_train(tmp_path / "run", tiny_chat_model, "--total-steps", "1", "--curriculum", "none", "--data", str(data),
+                     "--no-dynamic-sampling", "--template", "plain", "--max-new-tokens", "240")
+    out = capsys.readouterr().out
+    assert time.time() - start < 120 and [r["step"] for r in rows] == [1]
+    assert f"problems: skipped {data} line 3 (id mixed-3): its prompt has" in out
+    assert "more than the 128 that fit (the model's context of 256 tokens" in out  # budget 240 > 256 / 2: 128 left
+    assert "warning: --max-new-tokens 240 + the longest prompt" in out and "exceeds the model's context of 256" in out
+    capped = json.load(open(tmp_path / "run" / "config.json"))["max_new_tokens"]
+    assert capped < 240 and rows[0]["max_len"] == capped
+
+
+def test_every_prompt_too_long_is_an_error(tmp_path, tiny_chat_model, capsys):
+    message, out = main_error(capsys, "--model", tiny_chat_model, "--out-dir", str(tmp_path), *TINY_RUN,
+                              "--max-prompt-tokens", "5", "--total-steps", "1")
+    assert "every prompt is longer than 5 tokens (--max-prompt-tokens 5)" in message
+    assert "problems: ... and" in out and not os.path.exists(tmp_path / "metrics.jsonl")
+
+
+def test_torn_lines_are_repaired_and_redone_rows_trimmed_on_resume(tmp_path, tiny_chat_model):
+    common = ["--total-steps", "3", "--curriculum", "none", "--no-dynamic-sampling"]
+    run_train(tmp_path, tiny_chat_model, *common, "--stop-after", "2")
+    shutil.rmtree(tmp_path / "checkpoints" / "step_000002")  # resume from step 1: step 2's rows must go
+    for name in ("metrics.jsonl", "rollouts.jsonl"):
+        with open(tmp_path / name, "a") as f:
+            f.write('{"step": 3, "torn')
+    rows = run_train(tmp_path, tiny_chat_model, *common, "--resume", "auto")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    rollouts = [json.loads(line) for line in open(tmp_path / "rollouts.jsonl")]
+    assert [r["step"] for r in rollouts] == sorted(r["step"] for r in rollouts) and len(rollouts) == 3 * 4
+
+
+def test_a_signal_during_a_save_stops_right_after_it(tmp_path, tiny_chat_model, monkeypatch, capsys):
+    saves, real_save = [], train.ckpt.save
+
+    def save_then_signal(*args, **kwargs):
+        saves.append(args[1])
+        folder = real_save(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the save is in progress (the handler only sets a flag)
+        return folder
+    monkeypatch.setattr(train.ckpt, "save", save_then_signal)
+    rows = run_train(tmp_path, tiny_chat_model, "--total-steps", "5", "--curriculum", "none", "--no-dynamic-sampling",
+                     "--save-every", "2")
+    assert saves == [2] and [r["step"] for r in rows] == [1, 2]
+    assert "stopped by SIGTERM after step 2; checkpoint saved" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # train.main put the handlers back
+
+
+def test_an_empty_response_never_beats_a_wrong_boxed_one(tmp_path):
+    """The default reward: no answer scores -1, a wrong boxed answer at worst -1 (the full overlong penalty)."""
+    from reward import math_reward
+    for algo in ("grpo", "dapo", "hicra"):
+        cfg = train.resolve(train.TrainConfig(algo=algo, preset="cpu", out_dir=str(tmp_path)))
+        empty = math_reward("", "7", train.reward_config(cfg), response_len=1, max_len=cfg.max_new_tokens)
+        for length in range(1, cfg.max_new_tokens + 1):
+            wrong = math_reward("\\boxed{8}", "7", train.reward_config(cfg), response_len=length,
+                                max_len=cfg.max_new_tokens)
+            assert empty.score <= wrong.score, (algo, length)
+
+
+def test_reward_traps_warn_once_each():
+    seen = {}
+    row = dict(step=1, response_len=20.0, empty_frac=0.0, length_penalty=0.0, accuracy=0.3)
+    assert train.reward_traps(row, seen) == []
+    collapsed = dict(step=5, response_len=3.0, empty_frac=0.6, length_penalty=-0.5, accuracy=0.2)
+    warnings_ = train.reward_traps(collapsed, seen)
+    assert len(warnings_) == 3
+    assert "60% of the responses are empty" in warnings_[0]
+    assert "fell to 3.0 tokens (20.0 at step 1)" in warnings_[1]
+    assert "length penalty (mean -0.50) outweighs the correctness reward (mean 0.20)" in warnings_[2]
+    assert train.reward_traps(dict(collapsed, step=6), seen) == []  # once per run
+
+
+def test_the_preset_choice_is_said(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(train, "dist_init", lambda: (_ for _ in ()).throw(SystemExit("stop here")))
+    with pytest.raises(SystemExit):
+        train.main(["--out-dir", str(tmp_path), "--data", "arith"])
+    assert "preset gpu: CUDA is available (--preset cpu: the CPU demo's values)" in capsys.readouterr().out
