@@ -73,6 +73,23 @@ def max_over_ranks(value: int) -> int:
     return int(t[0])
 
 
+def all_gather_1d(values: torch.Tensor, is_dist) -> torch.Tensor:
+    """(n_r,) on each rank r -> (sum_r n_r,) the concatenation in rank order on every rank (lengths may differ);
+    the identity in one process. Two sums over ranks: the lengths (a host tensor), then a zero-padded
+    (world, max n_r) table on values' device in which each rank fills its own row. Adding zeros changes no value
+    (only -0.0 becomes 0.0), and the sum reuses the all-reduce that names the rank that gave up waiting."""
+    if not is_dist:
+        return values
+    rank, world = dist.get_rank(), dist.get_world_size()
+    lengths = torch.zeros(world, dtype=torch.long)
+    lengths[rank] = values.numel()
+    _all_reduce(lengths, dist.ReduceOp.SUM, "all_gather_1d (lengths)")
+    table = values.new_zeros(world, int(lengths.max()))  # (world, max n_r)
+    table[rank, :values.numel()] = values
+    _all_reduce(table, dist.ReduceOp.SUM, "all_gather_1d")
+    return torch.cat([table[r, :n] for r, n in enumerate(lengths.tolist())])
+
+
 def shard_policy(policy, device, activation_checkpointing, param_dtype="auto"):
     """FSDP2: one unit per decoder block plus the root. param_dtype (bf16; 'auto' = bf16 on CUDA, None on CPU)
     is the compute dtype of the unsharded parameters; master weights, optimizer state and gradient reduction
