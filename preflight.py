@@ -135,13 +135,17 @@ def run_contents(out_dir: str) -> str:
 
 
 def check_run_folder(cfg) -> None:
-    """A new run (no --resume) may not write into a folder that holds a run, unless --overwrite."""
-    if cfg.resume or cfg.overwrite:
+    """A new run (no --resume, or --resume of another folder's checkpoint) may not write into a folder that holds
+    a run, unless --overwrite."""
+    if cfg.overwrite or cfg.resume == "auto":
         return
     held = run_contents(cfg.out_dir)
-    if held:
+    if held and cfg.resume is None:
         raise ValueError(f"{cfg.out_dir} already holds a run ({held}): continue it with --resume auto, choose "
                          "another --out-dir, or pass --overwrite to replace it")
+    own = os.path.realpath(os.path.join(cfg.resume or "", "..", "..")) == os.path.realpath(cfg.out_dir)
+    if held and not own:
+        raise ValueError(f"{cfg.out_dir} holds another run ({held}): continue {cfg.resume} in a new --out-dir")
 
 
 def clear_run(out_dir: str) -> None:

@@ -244,7 +244,8 @@ def reward_traps(row: dict, seen: dict) -> list[str]:
             "(check --max-new-tokens, --overlong-buffer, --format-penalty)" for k in new]
 
 
-def step_row(step, level_index, level, max_len, groups, rollout_stats, ds_stats, update, sums, timings, cfg) -> dict:
+def step_row(step, level_index, level, max_len, groups, rollout_stats, ds_stats, update, sums, timings,
+             ppo_epochs) -> dict:
     """metrics.jsonl row of one step (the means over sums: responses in the trained groups of all ranks)."""
     samples = [s for g in groups for s in g["samples"]]
     results = [r for g in groups for r in g["results"]]
@@ -262,7 +263,7 @@ def step_row(step, level_index, level, max_len, groups, rollout_stats, ds_stats,
         row.update(reward=sums["reward"] / n, accuracy=sums["correct"] / n, boxed_rate=sums["boxed"] / n,
                    response_len=sums["tokens"] / n, truncated_frac=sums["truncated"] / n,
                    empty_frac=sums["empty"] / n, length_penalty=sums["length_penalty"] / n,
-                   train_tok_s=update["ppo_epochs"] * trained_tokens / update_s)
+                   train_tok_s=ppo_epochs * trained_tokens / update_s)
     return row
 
 
@@ -278,6 +279,17 @@ def step_sums(groups, rollout_stats, cfg, is_dist) -> dict:
               "length_penalty": sum(r.score - r.correct + (0.0 if r.format_ok else cfg.format_penalty) for r in results),
               "correct_sampled": rollout_stats["correct"], "sampled": rollout_stats["responses"]}
     return dict(zip(values, all_sum(list(values.values()), is_dist)))
+
+
+def print_step(row: dict, bar, traps: dict):
+    bar.set_postfix(reward=f"{row.get('reward', float('nan')):.2f}", pass_rate=f"{row['pass_rate']:.2f}",
+                    level=row["level_name"])
+    tqdm.write(" ".join(f"{k}={row[k]:.3g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in
+                        ("step", "level_name", "pass_rate", "reward", "accuracy", "boxed_rate", "response_len",
+                         "clip_frac_high", "semantic_entropy", "planning_token_ratio", "rollout_tok_s", "train_tok_s")
+                        if k in row))
+    for warning in reward_traps(row, traps):
+        tqdm.write(warning, file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- main
@@ -383,22 +395,14 @@ def train(cfg, run: preflight.Run, rank, world, device, is_dist, is_master, stop
 
         # ---------------------------------------------------------- log
         if is_master:
-            update["ppo_epochs"] = ppo_epochs
             row = step_row(step, level_index, level, max_len, groups, rollout_stats, ds_stats, update, sums,
-                           (rollout_s, update_s), cfg)
+                           (rollout_s, update_s), ppo_epochs)
             row["level_changed"] = level_changed
             row.update(update_metrics(update["loss_stats"], update["token_stats"], run.initial_ppl))
             row["semantic_entropy"] = semantic_entropy(masker.matched_grams(texts)) + 0.0  # no "-0"
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
-            bar.set_postfix(reward=f"{row.get('reward', float('nan')):.2f}", pass_rate=f"{row['pass_rate']:.2f}",
-                            level=level.name)
-            tqdm.write(" ".join(f"{k}={row[k]:.3g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in
-                                ("step", "level_name", "pass_rate", "reward", "accuracy", "boxed_rate", "response_len",
-                                 "clip_frac_high", "semantic_entropy", "planning_token_ratio", "rollout_tok_s",
-                                 "train_tok_s") if k in row))
-            for warning in reward_traps(row, traps):
-                tqdm.write(warning, file=sys.stderr)
+            print_step(row, bar, traps)
             if cfg.log_rollouts_every and step % cfg.log_rollouts_every == 0:
                 write_rollouts(cfg.out_dir, step + 1, groups, masker, tokenizer)
 
@@ -417,20 +421,23 @@ def train(cfg, run: preflight.Run, rank, world, device, is_dist, is_master, stop
             saved = save_checkpoint(cfg, run, steps_done, is_dist, is_master, rank)
             stopping = stopping or agree(stop(), is_dist)  # a signal during the save: no extra step
         if stopping:
-            ended = f"by {stop.name}" if stop() else f"after --stop-after {cfg.stop_after} steps"
-            ended = f"{ended} after step {steps_done}" if stop() else ended
+            by_signal = steps_done - run.start_step != cfg.stop_after
+            ended = (f"by {stop.name or 'a signal to another rank'} after step {steps_done}" if by_signal
+                     else f"after --stop-after {cfg.stop_after} steps")
             break
     if ended and (saved is None or not saved.endswith(f"step_{steps_done:06d}")) and steps_done > 0:
         saved = save_checkpoint(cfg, run, steps_done, is_dist, is_master, rank)  # the last completed step
     if is_master:
-        finish(cfg, metrics_file, saved, steps_done, ended)
+        finish(cfg, metrics_file, saved, steps_done, ended, saved != run.resumed_from)
 
 
-def finish(cfg, metrics_file, saved, steps_done, ended):
+def finish(cfg, metrics_file, saved, steps_done, ended, saved_now):
     metrics_file.close()
     if ended:
-        kept = f"checkpoint saved: {saved} (step {steps_done})" if saved else "no step completed: nothing saved"
-        tqdm.write(f"stopped {ended}; {kept}" + ("; continue with --resume auto" if saved else ""))
+        kept = (f"checkpoint saved: {saved} (step {steps_done}); continue with --resume auto" if saved_now else
+                f"nothing new to save: continue from {saved} with --resume auto" if saved else
+                "no step completed: nothing saved")
+        tqdm.write(f"stopped {ended}; {kept}")
     figure = plot_run(cfg.out_dir)
     print(f"\nrun folder: {cfg.out_dir}\n  metrics:    {os.path.join(cfg.out_dir, 'metrics.jsonl')}"
           f"\n  rollouts:   {os.path.join(cfg.out_dir, 'rollouts.jsonl')}\n  figure:     {figure}"

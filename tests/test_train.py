@@ -312,6 +312,12 @@ def test_resume_checks(tmp_path, tiny_chat_model, capsys):
     assert "--allow-config-change" in message
     message, _ = main_error(capsys, *base, "--total-steps", "1", "--resume", "auto")
     assert "--total-steps 1 is below the step of" in message and "step_000002 (2)" in message
+    other = tmp_path / "other"  # a checkpoint of this run resumed into a folder that holds another run
+    other.mkdir()
+    (other / "metrics.jsonl").write_text('{"step": 1}\n')
+    message, _ = main_error(capsys, *base[:3], str(other), *base[4:], "--total-steps", "3", "--resume",
+                            str(tmp_path / "checkpoints" / "step_000001"))
+    assert f"{other} holds another run (1 rows in metrics.jsonl)" in message
     rows = run_train(tmp_path, tiny_chat_model, "--total-steps", "3", "--curriculum", "none", "--no-dynamic-sampling",
                      "--resume", "auto", "--lr", "1e-4", "--allow-config-change")
     assert [r["step"] for r in rows] == [1, 2, 3]
