@@ -37,10 +37,11 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-from answer_equiv import (STARTUP_TIMEOUT, STATS, _SYMPY_CHILD, _Child, _clean, _equiv,  # noqa: F401  (re-exported)
-                          _structure, is_equiv, prepare_child, serve_request, validate_gold)
+from answer_equiv import (STARTUP_TIMEOUT, STATS, _clean, _equiv, _structure, is_equiv,  # noqa: F401  (re-exported)
+                          prepare_child, serve_request, validate_gold)
 from cli import add_dataclass_args, dataclass_from_args
 from latex_expr import _INT, _parse
+from verifier_child import _SYMPY_CHILD, _Child
 
 
 @dataclass

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-import answer_equiv
 import reward
+import verifier_child
 from reward import RewardConfig, extract_answer, is_equiv, math_reward, score_batch, validate_gold
 from reward_cases import CASES, KNOWN_DISAGREEMENTS, MULTIPLE_CASES, agreement_corpus
 
@@ -75,7 +75,7 @@ def test_time_limit_holds_on_adversarial_input(answer):
 def test_hard_timeout_kills_a_c_level_hang(monkeypatch):
     """With the size guard off, sympy computes 9^(9^(9^9)) in C (SIGALRM could not stop it): the child is killed."""
     assert is_equiv("2^{2000}\\sqrt{2}", "\\sqrt{2^{4001}}", timeout=30)  # stage 2 (floats overflow), child warm
-    monkeypatch.setattr(answer_equiv, "MAX_SYMPY_BITS", float("inf"))  # moved out of reward.py
+    monkeypatch.setattr(verifier_child, "MAX_SYMPY_BITS", float("inf"))
     timeouts = reward.STATS["timeouts"]
     start = time.monotonic()
     result = math_reward("\\boxed{9^{9^{9^{9}}}\\sqrt{2}}", "\\sqrt{2}", RewardConfig(timeout=1.0))

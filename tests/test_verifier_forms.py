@@ -10,6 +10,7 @@ import time
 import pytest
 
 import answer_equiv
+import verifier_child
 from answer_equiv import is_equiv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +40,7 @@ def test_labelled_form(row):
 def test_agreement_and_slowest_case(capsys):
     """The numbers of the report: agreement on the undisputed rows and the slowest check."""
     pytest.importorskip("math_verify")
-    answer_equiv._SYMPY_CHILD.prepare()  # started once per process: not part of a check's time
+    verifier_child._SYMPY_CHILD.prepare()  # started once per process: not part of a check's time
     verdicts, slowest = [], (0.0, None)
     for row in FORMS:
         start = time.monotonic()
@@ -55,9 +56,9 @@ def test_agreement_and_slowest_case(capsys):
 
 def test_own_path_without_math_verify(monkeypatch, capsys):
     """No math-verify: the fast path alone, exactly the listed rows wrong, one warning, never an error."""
-    monkeypatch.setitem(answer_equiv._MATH_VERIFY, "available", None)
-    monkeypatch.setitem(answer_equiv._MATH_VERIFY, "cache", {})
-    monkeypatch.setattr(answer_equiv.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setitem(verifier_child._MATH_VERIFY, "available", None)
+    monkeypatch.setitem(verifier_child._MATH_VERIFY, "cache", {})
+    monkeypatch.setattr(verifier_child.importlib.util, "find_spec", lambda name: None)
     wrong = {(r["gold"], r["pred"]) for r in UNDISPUTED if is_equiv(r["pred"], r["gold"]) is not r["label"]}
     assert wrong == set()
     assert is_equiv(*MATH_VERIFY_ONLY) is False
@@ -116,7 +117,7 @@ HOSTILE = ["9^{9^{9^{9}}}", "x > 9^{9^{9^{9}}}", "x \\approx (10^{400})!", "\\bi
 def test_hostile_answers_to_forms_math_verify_reads(gold):
     """Forms that reach math-verify keep the time limit; huge numbers and deep nesting never reach its sympy
     (refused: no timeout, no child killed)."""
-    answer_equiv._SYMPY_CHILD.prepare()
+    verifier_child._SYMPY_CHILD.prepare()
     timeouts = answer_equiv.STATS["timeouts"]
     for answer in HOSTILE:
         start = time.monotonic()
