@@ -166,3 +166,10 @@ def test_command_line():
     minus = run("-\\frac{1}{2} so \\boxed{-0.5}", "-\\frac{1}{2}", "--timeout", "2")
     assert minus.returncode == 0 and "answer: -0.5" in minus.stdout and "correct: True" in minus.stdout
     assert "correct: False" in run("\\boxed{-x}", "-y").stdout and "correct: True" in run("\\boxed{-3}", "-3").stdout
+
+
+@pytest.mark.parametrize("pred, gold, expected", [
+    ("0", r"\sqrt{2^{4001}}", False), ("1", r"2^{2000}\sqrt{2}", False),  # huge golds once overflowed to inf == inf
+    (r"2^{2000}\sqrt{2}", r"\sqrt{2^{4001}}", True), (r"2^{2000}\sqrt{3}", r"\sqrt{2^{4001}}", False)])
+def test_huge_values_are_compared_exactly(pred, gold, expected):
+    assert is_equiv(pred, gold) is expected
