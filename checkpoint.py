@@ -388,7 +388,8 @@ def restore(found: Found, policy, optimizer, is_dist: bool):
     try:
         if is_dist:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-            set_model_state_dict(policy, weights, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
+            options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+            set_model_state_dict(policy, weights, options=options)
         else:
             with torch.no_grad():
                 for name, param in policy.named_parameters():

@@ -54,7 +54,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, help_texts: dict | 
             group.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                help=f"{text} (default: {default})")
         else:
-            group.add_argument(flag(f.name), dest=f.name, type=parse, default=default, help=f"{text} (default: {default})")
+            group.add_argument(flag(f.name), dest=f.name, type=parse, default=default,
+                               help=f"{text} (default: {default})")
 
 
 def dataclass_from_args(cls, args: argparse.Namespace, **overrides):

@@ -39,12 +39,12 @@ from problems import TEMPLATES, Problem, PromptConfig, build_prompt, load_proble
 from strategic_grams import PlanningMasker, load_grams
 
 # Fields a resumed run may change: where and how long it runs, how often it saves and logs, and compute layout
-# (micro-batching, sampler slots, prompt sharing, activation checkpointing change no number of the update).
+# (micro-batching, sampler slots, prompt sharing, activation checkpointing change the update by rounding only).
 RESUME_MAY_CHANGE = {"out_dir", "resume", "total_steps", "stop_after", "save_every", "keep_checkpoints",
                      "log_rollouts_every", "eval_every", "eval_data", "eval_limit", "reward_workers", "max_num_seqs",
                      "micro_batch_tokens", "share_prompt", "activation_checkpointing", "preset", "overwrite",
                      "allow_config_change"}
-RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "config.json", "dynamics.png")  # what --overwrite removes, + checkpoints/
+RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "config.json", "dynamics.png")  # --overwrite removes them, checkpoints/
 
 
 def validate(cfg, world: int = 1) -> None:
@@ -220,7 +220,7 @@ def fit_context(problems: list[Problem], tokenizer, prompt_cfg, cfg, context: in
     return [problems[i] for i in kept]
 
 
-# ----------------------------------------------------------------------------- setup: checks that need the data, then the model
+# ----------------------------------------------------------------------------- setup: data checks, then the model
 
 @dataclass
 class Run:
@@ -248,22 +248,16 @@ def load_tokenizer(folder: str):
     return AutoTokenizer.from_pretrained(folder)
 
 
-def setup(cfg, rank, world, device, is_dist, is_master) -> Run:
-    """Data, schedule and the checkpoint to resume are read and checked before the model loads (ValueError: one
-    line for the user). Nothing is written to the run folder but removals of stale / unusable checkpoints."""
-    torch.manual_seed(cfg.seed)  # and python's and numpy's, so that every RNG state a checkpoint keeps is reproducible
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    if is_master:
-        for name in ckpt.remove_stale(cfg.out_dir):
-            print(f"removed checkpoints/{name}: a save that never finished")
+def setup_data(cfg, rank, world, is_master):
+    """The model's config and tokenizer, the problems that fit its context, the level schedule and the curriculum,
+    the grams and the validation problems: every check on the input before anything heavy."""
     folder = M.resolve_path(cfg.model)
     hf_config = M.read_hf_config(folder)
     tokenizer = load_tokenizer(folder)
     prompt_cfg = PromptConfig(template=cfg.template)
-    problems = fit_context(load_problems(cfg.data), tokenizer, prompt_cfg, cfg,
-                                     hf_config.get("max_position_embeddings"), os.path.join(folder, "config.json"),
-                                     verbose=is_master)
+    context = hf_config.get("max_position_embeddings")
+    problems = fit_context(load_problems(cfg.data), tokenizer, prompt_cfg, cfg, context,
+                           os.path.join(folder, "config.json"), verbose=is_master)
     levels = make_schedule(cfg.curriculum, cfg.total_steps, cfg.max_new_tokens, cfg.group_size,
                            cfg.prompts_per_step, overrides=cfg.schedule_overrides)
     for lv in levels:
@@ -280,6 +274,19 @@ def setup(cfg, rank, world, device, is_dist, is_master) -> Run:
         pool = load_problems(cfg.eval_data or ("arith" if cfg.data == "arith" else "math500"), seed=cfg.seed + 1,
                              verbose=False)
         held_out = random.Random(cfg.seed).sample(pool, min(cfg.eval_limit, len(pool)))  # a spread over levels
+    return folder, hf_config, tokenizer, prompt_cfg, curriculum, masker, held_out
+
+
+def setup(cfg, rank, world, device, is_dist, is_master) -> Run:
+    """Data and the checkpoint to resume are read and checked before the model loads (ValueError: one line for
+    the user). Nothing is written to the run folder but removals of stale / unusable checkpoints."""
+    torch.manual_seed(cfg.seed)  # python's and numpy's too: every RNG state a checkpoint keeps is then reproducible
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    if is_master:
+        for name in ckpt.remove_stale(cfg.out_dir):
+            print(f"removed checkpoints/{name}: a save that never finished")
+    folder, hf_config, tokenizer, prompt_cfg, curriculum, masker, held_out = setup_data(cfg, rank, world, is_master)
     found = ckpt.find(cfg.resume, cfg.out_dir, is_dist, log=is_master) if cfg.resume else None
     if cfg.resume and found is None:
         held = run_contents(cfg.out_dir)

@@ -85,7 +85,7 @@ class TrainConfig:
     prompts_per_step: int | None = None  # N: groups per step (all ranks together; a multiple of the ranks)
     group_size: int | None = None  # G: samples per prompt (>= 2)
     max_new_tokens: int | None = None  # response length cap (levels may lower it; capped to fit the model's context)
-    max_prompt_tokens: int = 0  # skip problems whose prompt is longer (0: what the context leaves next to the responses)
+    max_prompt_tokens: int = 0  # skip problems with longer prompts (0: what the context leaves beside responses)
     temperature: float = 1.0  # sampling temperature (the loss uses the same)
     top_p: float = 1.0  # nucleus sampling
     max_num_seqs: int = 256  # sampler slots
@@ -109,7 +109,7 @@ class TrainConfig:
     dynamic_sampling: bool | None = None  # drop zero-variance groups and resample (DAPO)
     max_sampling_rounds: int = 3  # extra generation rounds before training on what there is
     overlong_buffer: int | None = None  # soft overlong penalty buffer in tokens (-1: a quarter of max length)
-    format_penalty: float | None = None  # reward for no boxed answer is -this (default: 1 with the overlong penalty, else 0)
+    format_penalty: float | None = None  # no boxed answer scores -this (default: 1 with the overlong penalty, else 0)
     reward_workers: int = 0  # processes for reward scoring
     recompute_old_logprobs: bool = False  # old logprobs from a forward pass instead of the sampler's
     activation_checkpointing: bool = False  # recompute blocks in backward
@@ -276,7 +276,7 @@ def step_sums(groups, rollout_stats, cfg, is_dist) -> dict:
               "boxed": sum(r.format_ok for r in results), "tokens": sum(len(s.token_ids) for s in samples),
               "truncated": sum(s.finish_reason == "length" for s in samples), "responses": len(results),
               "empty": sum(not t.strip() for t in texts),
-              "length_penalty": sum(r.score - r.correct + (0.0 if r.format_ok else cfg.format_penalty) for r in results),
+              "length_penalty": sum(r.score - r.correct + (not r.format_ok) * cfg.format_penalty for r in results),
               "correct_sampled": rollout_stats["correct"], "sampled": rollout_stats["responses"]}
     return dict(zip(values, all_sum(list(values.values()), is_dist)))
 
@@ -311,8 +311,8 @@ def main(argv=None):
     except ValueError as e:
         sys.exit(f"error: {e}" if rank_env == 0 else 1)
     if not args.preset and rank_env == 0:
-        print(f"preset {cfg.preset}: " + ("CUDA is available (--preset cpu: the CPU demo's values)" if cfg.preset == "gpu"
-                                          else "no CUDA device (--preset gpu: the papers' values)"))
+        print(f"preset {cfg.preset}: " + ("CUDA is available (--preset cpu: the CPU demo's values)"
+                                          if cfg.preset == "gpu" else "no CUDA device (--preset gpu: the papers' values)"))
     rank, world, device, is_dist = dist_init()
     try:
         with ckpt.StopSignal(verbose=rank == 0) as stop:

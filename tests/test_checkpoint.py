@@ -7,7 +7,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 import warnings
 import zlib
 
@@ -236,8 +235,8 @@ def test_first_signal_sets_the_flag_a_second_exits_at_once(first):
     once = subprocess.run([sys.executable, "-c", STOP_SCRIPT.format(root=ROOT, first=first, twice=False)],
                           capture_output=True, text=True, timeout=60)
     assert once.returncode == 0 and f"flag True {first}" in once.stdout and "handler restored True" in once.stdout
-    start = time.time()
     twice = subprocess.run([sys.executable, "-c", STOP_SCRIPT.format(root=ROOT, first=first, twice=True)],
                            capture_output=True, text=True, timeout=60)
+    # at once: not after the 5 s sleep the second signal interrupted ("still running")
     assert twice.returncode == 128 + signal.SIGINT and "still running" not in twice.stdout
-    assert "SIGINT again: exiting now" in twice.stderr and time.time() - start < 5
+    assert "SIGINT again: exiting now" in twice.stderr

@@ -243,7 +243,8 @@ BAD_FLAGS = [("--lr=-1e-3", "--lr -0.001: must be a number > 0"),
              ("--eps-low=1.5", "--eps-low 1.5: must be in [0, 1)"),
              ("--top-p=0", "--top-p 0.0: must be in (0, 1]"), ("--top-p=1.5", "--top-p 1.5: must be in (0, 1]"),
              ("--temperature=-1", "--temperature -1.0: must be a number > 0"),
-             ("--template=nope", "--template 'nope': must be one of auto"), ("--agg=nope", "--agg 'nope': must be one of"),
+             ("--template=nope", "--template 'nope': must be one of auto"),
+             ("--agg=nope", "--agg 'nope': must be one of"),
              ("--hicra-tokens=nope", "--hicra-tokens 'nope': must be one of planning"),
              ("--adv-scale=nope", "--adv-scale 'nope': must be one of group"),
              ("--total-steps=0", "--total-steps 0: must be a whole number >= 1"),
@@ -287,7 +288,8 @@ def test_unwritable_out_dir_is_one_line_before_anything_heavy(tmp_path, monkeypa
     assert message.startswith("error: --out-dir /proc/hicra-run: cannot write in /proc")
     readonly = tmp_path / "ro"
     readonly.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(readonly)], capture_output=True).returncode:
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(readonly)], capture_output=True)
+    if mount.returncode:
         pytest.skip("cannot mount a read-only tmpfs here (needs root)")
     try:
         message, _ = main_error(capsys, "--out-dir", str(readonly / "run"), *TINY_RUN)
@@ -339,8 +341,8 @@ def test_over_long_problems_are_skipped_by_file_and_line(tmp_path, tiny_chat_mod
     rows.insert(2, {"problem": "What is " + "1 + " * 25_000 + "1?", "answer": "25001"})
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     start = time.time()
-    rows = run_train(tmp_path / "run", tiny_chat_model, "--total-steps", "1", "--curriculum", "none", "--data", str(data),
-                     "--no-dynamic-sampling", "--template", "plain", "--max-new-tokens", "240")
+    rows = run_train(tmp_path / "run", tiny_chat_model, "--total-steps", "1", "--curriculum", "none", "--data",
+                     str(data), "--no-dynamic-sampling", "--template", "plain", "--max-new-tokens", "240")
     out = capsys.readouterr().out
     assert time.time() - start < 120 and [r["step"] for r in rows] == [1]
     assert f"problems: skipped {data} line 3 (id mixed-3): its prompt has" in out
