@@ -46,11 +46,21 @@ DATA_FORMATS = (".jsonl", ".json", ".parquet")
 SOURCE_DIFFICULTY = {"gsm8k": 0.1, "math": 0.5, "minerva": 0.6, "amc": 0.7, "olympiad": 0.8, "aime": 0.9}
 COPIED_INSTRUCTION = re.compile(r"\s*Please reason step by step, and put your final answer within \\boxed\{\}\.?\s*$")
 # Prompt templates are data-set configuration: a source listed here gets this template under "auto".
-SOURCE_TEMPLATES = {"arith": "fewshot"}
+SOURCE_TEMPLATES = {"arith": "fewshot", "words": "fewshot-cot"}
 FEWSHOT_PREFIX = ("Question: What is 3 + 5?\nAnswer: 3 + 5 = 8. The answer is \\boxed{8}.\n\n"
                   "Question: What is 6 * 2?\nAnswer: 6 * 2 = 12. The answer is \\boxed{12}.\n\n")
-TEMPLATE_STOPS = {"fewshot": ["\n\nQuestion"]}  # the few-shot model would go on to invent the next question
-TEMPLATES = ("auto", "chat", "plain", "fewshot")
+# Chain of thought in words, with the planning phrases of the strategic-gram list ("let's", "step by step",
+# "need to", "next", "wait", "let me", "so") for the model to imitate: HICRA then has planning tokens to credit.
+COT_PREFIX = ("Question: Mia has 3 apples. Mia buys 5 more apples. How many apples does Mia have now?\n"
+              "Answer: Let's think step by step. First, Mia has 3 apples. She buys 5 more, so we need to add: "
+              "3 + 5 = 8. So the answer is \\boxed{8}.\n\n"
+              "Question: Leo has 9 cards. Leo gives away 4 cards. Then Leo finds 2 more cards. How many cards does "
+              "Leo have now?\nAnswer: Let's think step by step. First, he gives away 4, so we need to subtract: "
+              "9 - 4 = 5. Next, he finds 2 more, so we need to add: 5 + 2 = 7. Wait, let me check: 9 - 4 + 2 = 7. "
+              "So the answer is \\boxed{7}.\n\n")
+FEWSHOT_PREFIXES = {"fewshot": FEWSHOT_PREFIX, "fewshot-cot": COT_PREFIX}  # template -> examples before the question
+TEMPLATE_STOPS = {t: ["\n\nQuestion"] for t in FEWSHOT_PREFIXES}  # the model would go on to invent a next question
+TEMPLATES = ("auto", "chat", "plain", *FEWSHOT_PREFIXES)
 SYSTEM_DEFAULT = "default"  # PromptConfig.system_prompt value that keeps a chat template's own system turn
 
 
@@ -80,6 +90,61 @@ def arithmetic_problems(level: int, n: int, seed: int) -> list[Problem]:
         answer = eval(text)  # safe: our own text of digits, + - * and parentheses
         problems.append(Problem(f"arith-{level}-{i}", f"What is {text}?", str(answer), (level - 1) / 4, "arith"))
     return problems
+
+
+# ----------------------------------------------------------------------------- built-in word problems
+NAMES = ("Sam", "Mia", "Leo", "Ana", "Tom", "Zoe", "Ben", "Ivy", "Max", "Eva", "Raj", "Kim", "Omar", "Lucy", "Noah",
+         "Nina")
+OBJECTS = ("coins", "apples", "stickers", "marbles", "pencils", "books", "cards", "shells", "cookies", "balloons",
+           "stamps", "crayons")  # no name is part of another (the tests find them by word)
+GAINS = ("gets {n} more {obj}", "finds {n} more {obj}", "buys {n} more {obj}", "is given {n} more {obj}",
+         "picks up {n} more {obj}", "wins {n} more {obj}")
+LOSSES = ("gives away {n} {obj}", "loses {n} {obj}", "sells {n} {obj}", "gives {n} {obj} to {other}",
+          "trades away {n} {obj}", "drops {n} {obj}")
+THEN = ("Then", "After that,", "Later,", "In the afternoon,")
+DISTRACTORS = ("{other} has {n} {obj}.", "{name} also has {n} {other_obj}.", "{name} is {n} years old.",
+               "{other} has {n} {other_obj}.")
+QUESTIONS = ("How many {obj} does {name} have now?", "How many {obj} does {name} have at the end?",
+             "How many {obj} does {name} end up with?")
+ONE_STEP = ("{name} has {a} {obj} and {other} has {b} {obj}. How many {obj} do they have together?",
+            "{name} has {a} {obj}. {other} has {b} more {obj} than {name}. How many {obj} does {other} have?",
+            "{name} has {a} {obj}. {other} has {b} fewer {obj} than {name}. How many {obj} does {other} have?")
+WORD_LEVELS = {1: 1, 2: 2, 3: 3, 4: 2}  # level -> changes to the count; level 4 adds a distractor sentence
+
+
+def _word_story(rng: random.Random, level: int) -> tuple[str, int]:
+    """One problem's text and answer: a starting count, WORD_LEVELS[level] gains or losses, a question."""
+    (name, other), (obj, other_obj) = rng.sample(NAMES, 2), rng.sample(OBJECTS, 2)
+    if level == 1 and rng.random() < 0.5:  # the one-step comparison forms
+        form, a, b = rng.randrange(3), rng.randint(4, 9), rng.randint(2, 9)
+        b = min(a - 1, b) if form == 2 else b
+        return ONE_STEP[form].format(name=name, other=other, obj=obj, a=a, b=b), a - b if form == 2 else a + b
+    count = rng.randint(2, 9) if level == 1 else rng.randint(4, 12)
+    sentences = [f"{name} has {count} {obj}."]
+    for step in range(WORD_LEVELS[level]):
+        gain = count < 2 or rng.random() < 0.5
+        n = rng.randint(2, 9 if gain else min(9, count))
+        phrase = rng.choice(GAINS if gain else LOSSES).format(n=n, obj=obj, other=other)
+        sentences.append(f"{name} {phrase}." if step == 0 else f"{rng.choice(THEN)} {name} {phrase}.")
+        count += n if gain else -n
+    if level == 4:
+        distractor = rng.choice(DISTRACTORS).format(name=name, other=other, obj=obj, other_obj=other_obj,
+                                                    n=rng.randint(2, 12))
+        sentences.insert(rng.randint(1, len(sentences)), distractor)
+    return " ".join(sentences + [rng.choice(QUESTIONS).format(obj=obj, name=name)]), count
+
+
+def word_problems(level: int, n: int, seed: int) -> list[Problem]:
+    """n seeded word problems of one level: 1 one step (a gain or loss, or a together / more than / fewer
+    than comparison), 2 two steps, 3 three steps, 4 two steps and a distractor sentence (another person's
+    count, another object, an age). Counts start at 2-12 and change by 2-9, never below 0; answers are
+    exact integers; difficulty (level - 1) / 4 as for arithmetic."""
+    if level not in WORD_LEVELS:
+        raise ValueError(f"word problem level {level} does not exist (levels are 1..{len(WORD_LEVELS)})")
+    rng = random.Random(f"words-{seed}-{level}")  # str seeds are hashed by sha512: the same on every run
+    stories = [_word_story(rng, level) for _ in range(n)]
+    return [Problem(f"words-{level}-{i}", text, str(answer), (level - 1) / 4, "words")
+            for i, (text, answer) in enumerate(stories)]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -179,11 +244,25 @@ def _resolve(item: str, data_dir: str) -> tuple[str, str]:
     path = os.path.join(data_dir, f"{item}.jsonl")
     if not os.path.isfile(path):
         known = sorted(f[:-6] for f in os.listdir(data_dir) if f.endswith(".jsonl")) if os.path.isdir(data_dir) else []
-        raise ValueError(f"data '{item}': not a file, and no {path} (benchmarks: {', '.join(known + ['arith'])})")
+        raise ValueError(f"data '{item}': not a file, and no {path} (benchmarks: {', '.join(known)}; "
+                         "built in: arith, words, or one level of them such as arith3, words2)")
     return item, path
 
 
-def load_problems(spec: str | list[str], data_dir: str = DATA_DIR, arith_per_level: int = 200, seed: int = 0,
+BUILTIN = {"arith": (arithmetic_problems, 5), "words": (word_problems, 4)}  # name -> (generator, levels)
+
+
+def builtin_problems(item: str, per_level: int, seed: int) -> list[Problem] | None:
+    """"arith" / "words": every level of that built-in family; "arith3", "words2": one level; else None."""
+    match = re.fullmatch(r"(arith|words)(\d*)", item)
+    if not match:
+        return None
+    make, levels = BUILTIN[match[1]]
+    wanted = [int(match[2])] if match[2] else range(1, levels + 1)
+    return [p for level in wanted for p in make(level, per_level, seed)]
+
+
+def load_problems(spec: str | list[str], data_dir: str = DATA_DIR, builtin_per_level: int = 200, seed: int = 0,
                   strict: bool = False, verbose: bool = True) -> list[Problem]:
     """Load and validate every source in `spec` (comma-separated string or list) into one list."""
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
@@ -192,8 +271,9 @@ def load_problems(spec: str | list[str], data_dir: str = DATA_DIR, arith_per_lev
     problems = []
     for item in items:
         loaded, errors = [], []
-        if item == "arith":
-            loaded = [p for level in range(1, 6) for p in arithmetic_problems(level, arith_per_level, seed)]
+        builtin = builtin_problems(item, builtin_per_level, seed)
+        if builtin is not None:
+            loaded = builtin
         else:
             source, path = _resolve(item, data_dir)
             for location, row in read_rows(path):
@@ -240,7 +320,7 @@ def estimate_difficulty(problems: list[Problem], pass_rate_fn: Callable[[list[Pr
 # ----------------------------------------------------------------------------- prompts
 @dataclass
 class PromptConfig:
-    template: str = "auto"  # auto | chat | plain | fewshot; auto: the source's own (arith: fewshot), else chat if any, else plain
+    template: str = "auto"  # auto | chat | plain | fewshot | fewshot-cot; auto: SOURCE_TEMPLATES, else chat, else plain
     suffix: str = "Let's think step by step and output the final answer within \\boxed{}."  # appended by chat and plain
     system_prompt: str | None = None  # None: no system turn (a template's own is removed); 'default': keep it; else text
 
@@ -259,8 +339,8 @@ def build_prompt(problem: Problem, tokenizer, cfg: PromptConfig) -> str:
     {problem}\\nAnswer:". plain and fewshot put a system prompt text, when given, first, then a blank line."""
     template = _template(problem, cfg, tokenizer)
     system = cfg.system_prompt if cfg.system_prompt not in (None, SYSTEM_DEFAULT) else None
-    if template == "fewshot":
-        return (f"{system}\n\n" if system else "") + f"{FEWSHOT_PREFIX}Question: {problem.problem}\nAnswer:"
+    if template in FEWSHOT_PREFIXES:
+        return (f"{system}\n\n" if system else "") + f"{FEWSHOT_PREFIXES[template]}Question: {problem.problem}\nAnswer:"
     text = f"{problem.problem} {cfg.suffix}".strip()
     if template == "plain":
         return (f"{system}\n\n" if system else "") + text + "\n"

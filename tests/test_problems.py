@@ -278,3 +278,16 @@ def test_estimate_difficulty_is_cached_by_id(tmp_path):
     assert json.loads(open(cache).read()) == {"k": 8, "difficulty": {"p0": 0.0, "p1": 0.75, "p2": 1.0, "p3": 0.5}}
     with pytest.raises(ValueError, match="gave 1 rates for 3 problems"):
         P.estimate_difficulty(problems, lambda batch, k: [0.5], 2, None)
+
+
+def test_every_fewshot_template_is_registered_with_its_stop_and_a_system_prompt_goes_first():
+    assert set(P.SOURCE_TEMPLATES.values()) <= set(P.TEMPLATES) and set(P.FEWSHOT_PREFIXES) <= set(P.TEMPLATES)
+    words = Problem("w", "Sam has 2 coins. How many coins does Sam have?", "2", 0.0, "words")
+    for template, prefix in P.FEWSHOT_PREFIXES.items():
+        cfg = PromptConfig(template=template, system_prompt="Be brief.")
+        assert P.build_prompt(words, None, cfg) == f"Be brief.\n\n{prefix}Question: {words.problem}\nAnswer:"
+        assert P.stop_strings(cfg, [words]) == ["\n\nQuestion"]
+    assert P._template(words, PromptConfig()) == "fewshot-cot"  # the source's own, as arith's is fewshot
+    assert [p.id for p in P.builtin_problems("arith2", 3, seed=0)] == ["arith-2-0", "arith-2-1", "arith-2-2"]
+    assert P.builtin_problems("arithmetic", 3, seed=0) is None
+    assert P.builtin_problems("words", 2, seed=0)[-1].id == "words-4-1"
