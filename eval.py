@@ -24,9 +24,19 @@ Determinism and data parallel: each benchmark's problems are cut into chunks of 
 consecutive problems; a chunk is sampled by one generate call (problems_per_call x k rows) with
 seed = sha256(seed, benchmark, the chunk's ids), and chunk i goes to rank i % world_size. A chunk's samples
 depend neither on the rank nor on the number of ranks, so `torchrun --nproc_per_node W eval.py ...`
-reports the same numbers as one process with the same seed and problems_per_call (on the same device
-and dtype; CPU BLAS and GPU kernels differ in the last bits). Changing problems_per_call changes the
+reports the same numbers as one process with the same seed and problems_per_call (on the same device,
+--precision and --attn; CPU BLAS and GPU kernels differ in the last bits). Changing problems_per_call changes the
 batches and therefore the samples. Per-problem results are summed in problem order, not gather order.
+
+GPU path and the sampler: the model is loaded in --precision (auto: bf16 on CUDA, fp32 on CPU; RoPE frequencies
+stay fp32 either way, model.py), attends with --attn (attention.py: auto = PyTorch's FlashAttention on CUDA in
+bf16, else SDPA; a backend that cannot run on the device is refused before the model loads), and decodes with
+--decode (rollout.EngineConfig: auto = CUDA graphs on CUDA, eager on CPU; static = the graph's step without the
+graph). ONE rollout.Sampler serves every chunk, so its KV pool (on CUDA at most --kv-memory-fraction of the free
+memory, grown when a chunk needs more, never reserved per call) and its captured decode graphs persist across
+generate calls. A chunk's samples do not depend on what the sampler did before (a row's draws depend on seed,
+sample and position only, and a call uses only the pages it needs): on CPU they equal a fresh sampler's exactly
+(tests/test_eval.py).
 
 Files in --out-dir: config.json; samples.jsonl (samples.rank<r>.jsonl under torchrun), one line per
 sample (benchmark, id, sample_index, response, answer, gold, correct, length, finish_reason), written and
@@ -49,7 +59,9 @@ Run:
     python eval.py --benchmarks gsm8k --limit 50 --k 4 --max-new-tokens 256
     python eval.py --benchmarks aime24,math500 --k aime24:32,math500:4 --out-dir runs/eval --resume
     torchrun --nproc_per_node 8 eval.py --model PATH --benchmarks math500 --k 16 --max-new-tokens 32768
-train.py calls validate(model, tokenizer, problems, cfg) on a held-out subset (no files written).
+    python eval.py --model PATH --precision fp32 --attn sdpa --decode eager   # the CPU twin's numerics on a GPU
+train.py calls validate(model, tokenizer, problems, cfg, rank, world, sampler=its sampler) on a held-out subset (no
+files written; the caller's sampler, whose KV pool and graphs exist already, is reused).
 """
 import argparse
 import dataclasses
@@ -68,13 +80,14 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from cli import add_dataclass_args, dataclass_from_args
+from attention import BACKENDS, resolve_backend
+from cli import add_dataclass_args, dataclass_from_args, flag
 from distributed import dist_cleanup, dist_init
 from model import load_model
 from problems import PromptConfig, build_prompt, load_problems, stop_strings
 from recipes import EVAL_PROTOCOL, paper_k
 from reward import extract_answer, is_equiv
-from rollout import EngineConfig, SamplingParams, generate
+from rollout import DECODE_MODES, EngineConfig, Sampler, SamplingParams
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 BENCHMARK_FILES = {"math500": "math500.jsonl", "aime24": "aime24.jsonl", "aime25": "aime25.jsonl",
@@ -82,6 +95,7 @@ BENCHMARK_FILES = {"math500": "math500.jsonl", "aime24": "aime24.jsonl", "aime25
                    "gsm8k": "gsm8k_test.jsonl"}
 RUN_CONTROL_FIELDS = ("out_dir", "resume", "progress")  # change how a run is driven, never its numbers
 SELECTION_FIELDS = ("benchmarks", "k", "limit")  # may change on --resume (saved samples are reused)
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -101,6 +115,10 @@ class EvalConfig:
     problems_per_call: int = 16  # problems per generate call (problems_per_call x k rows; the unit of writing and resume)
     max_num_seqs: int = 256  # rows decoded at once (rollout.EngineConfig)
     kv_budget_tokens: int = 0  # KV pool size in tokens (rollout.EngineConfig); 0 = enough for every active row
+    kv_memory_fraction: float = 0.3  # CUDA, kv_budget_tokens 0: the KV pool takes at most this share of free memory
+    precision: str = "auto"  # auto | fp32 | bf16: the model's dtype (auto: bf16 on CUDA, fp32 on CPU)
+    attn: str = "auto"  # attention backend: auto | torch-flash | flash-attn | sdpa (auto: torch-flash on CUDA in bf16)
+    decode: str = "auto"  # decode step: auto (CUDA graphs on CUDA, eager on CPU) | eager | static | graph
     device: str = "auto"  # auto = cuda:LOCAL_RANK when CUDA is available, else cpu
     out_dir: str = "runs/eval"  # config.json, samples.jsonl and results.json go here
     resume: bool = False  # keep the samples already in out_dir and sample only what is missing
@@ -253,12 +271,58 @@ def make_chunks(problems_by_benchmark: dict, k_by_benchmark: dict, problems_per_
 
 # ----------------------------------------------------------------------------- sampling and scoring
 
-def make_sampler(model, tokenizer, cfg: EvalConfig) -> SampleFn:
-    """The default sample_fn: prompts by problems.build_prompt, k samples each by rollout.generate."""
+def model_dtype(precision: str, device) -> torch.dtype:
+    """--precision -> the model's dtype: auto = bf16 on CUDA, fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r}: must be one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        precision = "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def engine_config(cfg: EvalConfig) -> EngineConfig:
+    return EngineConfig(max_num_seqs=cfg.max_num_seqs, kv_budget_tokens=cfg.kv_budget_tokens,
+                        kv_memory_fraction=cfg.kv_memory_fraction, decode=cfg.decode)
+
+
+def check_config(cfg: EvalConfig, device=None) -> None:
+    """One ValueError naming every flag the model and the sampler would refuse later (before the model loads).
+    With device: also whether --attn, --precision and --decode can run there."""
+    def bad_number(name, ok):
+        value = getattr(cfg, name)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return not number or not ok(value)
+    rules = [("max_new_tokens", lambda v: v >= 1, ">= 1"), ("max_num_seqs", lambda v: v >= 1, ">= 1"),
+             ("problems_per_call", lambda v: v >= 1, ">= 1"), ("kv_budget_tokens", lambda v: v >= 0, ">= 0"),
+             ("top_k", lambda v: v >= 0, ">= 0"), ("temperature", lambda v: v >= 0, ">= 0"),
+             ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"), ("kv_memory_fraction", lambda v: 0 < v <= 1, "in (0, 1]"),
+             ("equiv_timeout", lambda v: v > 0, "> 0")]
+    bad = [f"{flag(name)} {getattr(cfg, name)!r}: must be {rule}" for name, ok, rule in rules if bad_number(name, ok)]
+    for name, choices in (("precision", PRECISIONS), ("attn", BACKENDS), ("decode", DECODE_MODES)):
+        if getattr(cfg, name) not in choices:
+            bad.append(f"{flag(name)} {getattr(cfg, name)!r}: must be one of {', '.join(choices)}")
+    if not bad and device is not None:
+        device = torch.device(device)
+        try:
+            resolve_backend(cfg.attn, device.type, model_dtype(cfg.precision, device))
+        except ValueError as e:
+            bad.append(f"--attn {cfg.attn}: {e}")
+        if cfg.decode == "graph" and device.type != "cuda":
+            bad.append(f"--decode graph needs CUDA (the device is {device}; 'static' is the same step without graphs)")
+    if bad:
+        raise ValueError("; ".join(bad))
+
+
+def make_sampler(model, tokenizer, cfg: EvalConfig, sampler: Optional[Sampler] = None) -> SampleFn:
+    """The default sample_fn: prompts by problems.build_prompt, k samples each from ONE rollout.Sampler (the
+    given one, or Sampler(model, engine_config(cfg))) whose KV pool and decode graphs serve every call.
+    The sampler is kept as the function's `sampler` attribute."""
     if tokenizer is None:
         raise ValueError(f"{getattr(model, 'name_or_path', 'model')}: no tokenizer files; eval needs a tokenizer")
+    if sampler is not None and sampler.model is not model:
+        raise ValueError("eval: the sampler given samples another model than the one to evaluate")
+    sampler = sampler or Sampler(model, engine_config(cfg))
     prompt_cfg = PromptConfig(template=cfg.template)
-    engine = EngineConfig(max_num_seqs=cfg.max_num_seqs, kv_budget_tokens=cfg.kv_budget_tokens)
 
     def sample(problems: list, k: int, seed: int) -> list:
         texts = [build_prompt(p, tokenizer, prompt_cfg) for p in problems]
@@ -267,10 +331,11 @@ def make_sampler(model, tokenizer, cfg: EvalConfig) -> SampleFn:
                                 max_new_tokens=cfg.max_new_tokens, n=k, seed=seed,  # rollout adds the EOS stop
                                 stop_strings=stop_strings(prompt_cfg, problems))
         with torch.no_grad():
-            samples, _ = generate(model, prompts, params, engine, tokenizer=tokenizer)
+            samples, _ = sampler.generate(prompts, params, tokenizer)
         responses = tokenizer.batch_decode([s.token_ids for s in samples], skip_special_tokens=True)
         return [[Completion(responses[i * k + j], len(samples[i * k + j].token_ids), samples[i * k + j].finish_reason)
                  for j in range(k)] for i in range(len(problems))]
+    sample.sampler = sampler
     return sample
 
 
@@ -314,9 +379,10 @@ def prepare_out_dir(out_dir: str, cfg: EvalConfig, rank: int, world_size: int) -
     if cfg.resume and os.path.exists(config_path):
         with open(config_path) as f:
             old = json.load(f)
-        ignored = RUN_CONTROL_FIELDS + SELECTION_FIELDS
-        changed = [f"{name}={old.get(name)!r} -> {value!r}" for name, value in dataclasses.asdict(cfg).items()
-                   if name not in ignored and old.get(name) != value]
+        ignored, defaults = RUN_CONTROL_FIELDS + SELECTION_FIELDS, dataclasses.asdict(EvalConfig())
+        # a field newer than the saved config.json reads as its default (what the older code did)
+        changed = [f"{name}={old.get(name, defaults[name])!r} -> {value!r}" for name, value in
+                   dataclasses.asdict(cfg).items() if name not in ignored and old.get(name, defaults[name]) != value]
         if changed:
             raise ValueError(f"--resume with settings that change the samples ({'; '.join(changed)}): "
                              f"use the saved settings or another --out-dir")
@@ -405,9 +471,13 @@ def evaluate(sample_fn: SampleFn, problems_by_benchmark: dict, cfg: EvalConfig, 
     return results
 
 
-def validate(model, tokenizer, problems, cfg: Optional[EvalConfig] = None, rank: int = 0, world_size: int = 1) -> dict:
+def validate(model, tokenizer, problems, cfg: Optional[EvalConfig] = None, rank: int = 0, world_size: int = 1,
+             sampler: Optional[Sampler] = None) -> dict:
     """Periodic validation for train.py: problems (a list, or {name: list}) sharded over ranks, no files.
 
+    sampler: the caller's rollout.Sampler over `model` (its KV pool and decode graphs are reused, and its
+    EngineConfig applies instead of cfg's engine fields); default: one made here for this call. The model is used
+    as given (cfg.precision and cfg.attn apply to eval.py's own loading only).
     Returns evaluate's results on every rank; results["average"] holds pass@1, pass@k, maj@k, length, truncated.
     """
     cfg = cfg or EvalConfig(progress=False)
@@ -415,7 +485,8 @@ def validate(model, tokenizer, problems, cfg: Optional[EvalConfig] = None, rank:
     was_training = model.training
     model.eval()
     try:
-        return evaluate(make_sampler(model, tokenizer, cfg), problems_by_benchmark, cfg, None, rank, world_size)
+        return evaluate(make_sampler(model, tokenizer, cfg, sampler), problems_by_benchmark, cfg, None, rank,
+                        world_size)
     finally:
         model.train(was_training)
 
@@ -479,18 +550,24 @@ def format_table(results: dict) -> str:
 # ----------------------------------------------------------------------------- command line
 
 def run(cfg: EvalConfig) -> dict:
+    check_config(cfg)
     problems_by_benchmark = load_benchmarks(cfg.benchmarks, cfg.limit)  # input errors show before the model loads
     parse_k(cfg.k, list(problems_by_benchmark))
     rank, world_size, device, is_dist = dist_init(cfg.device)
     try:
+        check_config(cfg, device)
         if rank == 0:
             print(json.dumps(dataclasses.asdict(cfg)), flush=True)
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = model_dtype(cfg.precision, device)
         model, tokenizer = load_model(cfg.model, device=device, dtype=dtype)
+        model.attn_backend = cfg.attn
+        sample_fn = make_sampler(model, tokenizer, cfg)
         start = time.time()
-        results = evaluate(make_sampler(model, tokenizer, cfg), problems_by_benchmark, cfg, cfg.out_dir, rank, world_size)
+        results = evaluate(sample_fn, problems_by_benchmark, cfg, cfg.out_dir, rank, world_size)
         if rank == 0:
-            print(f"model {model.name_or_path}; temperature {cfg.temperature}, top-p {cfg.top_p}, "
+            backend = resolve_backend(cfg.attn, device.type, dtype)
+            print(f"model {model.name_or_path} ({str(dtype).removeprefix('torch.')}, attention {backend}, decode "
+                  f"{sample_fn.sampler.mode}); temperature {cfg.temperature}, top-p {cfg.top_p}, "
                   f"max new tokens {cfg.max_new_tokens}, seed {cfg.seed}")
             print(format_table(results))
             print(f"wall time {time.time() - start:.1f} s on {world_size} x {device}; "

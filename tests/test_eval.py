@@ -289,3 +289,125 @@ def test_cli_end_to_end_on_a_tiny_random_model(tmp_path, tiny_checkpoint, defaul
 
     with pytest.raises(SystemExit, match="^error: --k: bad part 'gsm8k:two'"):
         E.main(["--benchmarks", "gsm8k", "--k", "gsm8k:two"])
+
+
+# ----------------------------------------------------------------------------- the GPU-path fields and the sampler
+
+def test_model_dtype_follows_precision():
+    assert E.model_dtype("auto", "cuda:0") == torch.bfloat16 and E.model_dtype("auto", "cpu") == torch.float32
+    assert E.model_dtype("bf16", "cpu") == torch.bfloat16
+    assert E.model_dtype("fp32", torch.device("cuda")) == torch.float32
+    with pytest.raises(ValueError, match="--precision 'fp16': must be one of auto, fp32, bf16"):
+        E.model_dtype("fp16", "cpu")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--precision", "half"], r"--precision 'half': must be one of auto, fp32, bf16"),
+    (["--attn", "xformers"], r"--attn 'xformers': must be one of auto, torch-flash, flash-attn, sdpa"),
+    (["--decode", "fast", "--kv-memory-fraction", "0"],
+     r"--kv-memory-fraction 0.0: must be in \(0, 1\]; --decode 'fast': must be one of auto, eager, static, graph"),
+    (["--attn", "torch-flash"], r"--attn torch-flash: attention backend torch-flash cannot run here"),
+    (["--attn", "flash-attn"], r"--attn flash-attn: attention backend flash-attn cannot run here"),
+    (["--decode", "graph"], r"--decode graph needs CUDA \(the device is cpu"),
+])
+def test_engine_flags_are_refused_before_the_model_loads(tmp_path, monkeypatch, flags, message):
+    monkeypatch.setattr(E, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit, match=f"^error: {message}"):
+        E.main(["--benchmarks", "gsm8k", "--limit", "1", "--device", "cpu", "--out-dir", str(tmp_path / "run")] + flags)
+    assert not (tmp_path / "run").exists()
+
+
+def count_samplers(monkeypatch) -> list:
+    """Every rollout.Sampler made from now on (rollout.generate makes one per call when given none)."""
+    import rollout as R
+    made, init = [], R.Sampler.__init__
+
+    def counting_init(self, *args, **kwargs):
+        made.append(self)
+        init(self, *args, **kwargs)
+    monkeypatch.setattr(R.Sampler, "__init__", counting_init)
+    return made
+
+
+def test_cli_loads_the_model_in_the_chosen_precision_backend_and_decode(tmp_path, tiny_chat_model, monkeypatch,
+                                                                        capsys):
+    loaded, load_model = [], E.load_model
+
+    def spy_load(*args, **kwargs):
+        loaded.append(load_model(*args, **kwargs))
+        return loaded[-1]
+    monkeypatch.setattr(E, "load_model", spy_load)
+    made = count_samplers(monkeypatch)
+    E.main(["--model", tiny_chat_model, "--benchmarks", "gsm8k", "--limit", "3", "--k", "2", "--problems-per-call", "1",
+            "--max-new-tokens", "4", "--precision", "bf16", "--attn", "sdpa", "--decode", "static",
+            "--kv-memory-fraction", "0.5", "--out-dir", str(tmp_path / "run"), "--no-progress", "--device", "cpu"])
+    model = loaded[0][0]
+    assert model.embed_tokens.weight.dtype == torch.bfloat16 and model.attn_backend == "sdpa"
+    assert len(made) == 1 and made[0].mode == "static" and made[0].engine.kv_memory_fraction == 0.5  # 3 chunks, 1
+    assert "(bfloat16, attention sdpa, decode static)" in capsys.readouterr().out
+    assert len(read_jsonl(tmp_path / "run" / "samples.jsonl")) == 3 * 2
+    saved = json.load(open(tmp_path / "run" / "config.json"))
+    assert (saved["precision"], saved["attn"], saved["decode"], saved["kv_memory_fraction"]) == \
+        ("bf16", "sdpa", "static", 0.5)
+
+
+@pytest.mark.parametrize("decode", ["eager", "static"])
+def test_one_sampler_serves_every_chunk_with_a_fresh_samplers_samples(tmp_path, tiny_chat_model, monkeypatch, decode):
+    model, tokenizer = E.load_model(tiny_chat_model)
+    cfg = config(k="3", max_new_tokens=6, temperature=1.0, decode=decode, max_num_seqs=4, kv_budget_tokens=4096)
+    data = problems(3, 2)  # chunks of 2: gsm8k [2, 1], math500 [2]
+    made = count_samplers(monkeypatch)
+    fresh = E.evaluate(lambda *a: E.make_sampler(model, tokenizer, cfg)(*a), data, cfg, str(tmp_path / "fresh"))
+    assert len(made) == 3  # the reference: a new sampler (pool, decoders) per chunk
+    made.clear()
+    sample_fn, pools = E.make_sampler(model, tokenizer, cfg), []
+
+    def reused(*args):
+        out = sample_fn(*args)
+        pools.append(sample_fn.sampler.cache)
+        return out
+    results = E.evaluate(reused, data, cfg, str(tmp_path / "reused"))
+    assert len(made) == 1 and len(pools) == 3 and all(pool is pools[0] for pool in pools)  # one pool (fixed size)
+    assert results == fresh
+    assert read_jsonl(tmp_path / "reused" / "samples.jsonl") == read_jsonl(tmp_path / "fresh" / "samples.jsonl")
+    assert len({s["response"] for s in read_jsonl(tmp_path / "fresh" / "samples.jsonl")}) > 3  # sampled, not constant
+
+
+def test_validate_reuses_the_callers_sampler(tiny_chat_model, monkeypatch):
+    import rollout as R
+    model, tokenizer = E.load_model(tiny_chat_model)
+    cfg = config(k="2", max_new_tokens=4)
+    held_out = E.load_benchmarks("gsm8k", 3)["gsm8k"]
+    own = E.validate(model, tokenizer, held_out, cfg)
+    sampler = R.Sampler(model, R.EngineConfig(max_num_seqs=3))
+    calls, generate = [], sampler.generate
+    sampler.generate = lambda *a, **k: calls.append(a) or generate(*a, **k)
+    made = count_samplers(monkeypatch)
+    assert E.validate(model, tokenizer, held_out, cfg, sampler=sampler) == own
+    assert len(calls) == 2 and not made  # two chunks, both through the caller's sampler; no sampler made
+    other, _ = E.load_model(tiny_chat_model, tokenizer=False)
+    with pytest.raises(ValueError, match="samples another model"):
+        E.validate(other, tokenizer, held_out, cfg, sampler=sampler)
+
+
+def test_resume_reads_fields_missing_from_an_older_config_as_their_defaults(tmp_path):
+    out = tmp_path / "run"
+    E.evaluate(gold_sampler, problems(2, 1), config(), str(out))
+    saved = json.load(open(out / "config.json"))
+    for name in ("precision", "attn", "decode", "kv_memory_fraction"):  # a run folder written before these existed
+        del saved[name]
+    (out / "config.json").write_text(json.dumps(saved))
+    E.evaluate(gold_sampler, problems(2, 1), config(resume=True), str(out))
+    (out / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="precision='auto' -> 'fp32'"):
+        E.evaluate(gold_sampler, problems(2, 1), config(resume=True, precision="fp32"), str(out))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_eval_runs_in_bf16_with_graph_decode_and_one_sampler(tmp_path, tiny_chat_model, monkeypatch, capsys):
+    made = count_samplers(monkeypatch)
+    E.main(["--model", tiny_chat_model, "--benchmarks", "gsm8k", "--limit", "3", "--k", "4", "--problems-per-call", "1",
+            "--max-new-tokens", "16", "--out-dir", str(tmp_path / "run"), "--no-progress"])
+    assert len(made) == 1 and made[0].mode == "graph" and made[0].cache.k.dtype == torch.bfloat16
+    assert "(bfloat16, attention " in capsys.readouterr().out
+    assert len(read_jsonl(tmp_path / "run" / "samples.jsonl")) == 3 * 4
