@@ -4,13 +4,16 @@ train.py combines each step's micro-batch statistics here (update_metrics: token
 planning/execution statistics over the step's tokens, relative perplexity), appends them to metrics.jsonl
 (open_metrics first drops a torn last line and the rows past the checkpoint a resumed run restarts from:
 repair_jsonl, which train.py also runs on rollouts.jsonl), and writes sample rollouts with their planning
-spans to rollouts.jsonl. The figure (matplotlib, optional dependency):
+spans to rollouts.jsonl (write_rollouts: the first group whole, and failures of the others for error_types.py).
+The figure (matplotlib, optional dependency):
 
-Panels, one per question the HICRA/HGRPO papers ask of a run: is it learning (reward, accuracy, boxed
-rate), how long are the answers, is the strategic vocabulary diversifying (semantic entropy, planning
-token ratio), where is uncertainty (planning vs execution token entropy), what is being consolidated
-(relative perplexity = perplexity / first value), how hard is the update pushing (clip fractions),
-and which curriculum level is active.
+Panels (3 rows of 4), one per question the HICRA/HGRPO papers ask of a run: is it learning (reward, accuracy, boxed
+rate, validation pass@1; pass@8 over every sampled group, HICRA Fig. 8), how long are the answers, which curriculum
+level is active, is the strategic vocabulary diversifying (semantic entropy; conditional entropy of the procedural
+n-gram after a strategic gram; planning token ratio), where is uncertainty (the share of planning tokens among the
+step's top-30% entropy tokens and the reverse, HICRA Figs. 9/10; planning vs execution token entropy), what is being
+consolidated (relative perplexity = perplexity / first value), and how hard is the update pushing (clip fractions).
+A metric a run did not log leaves its panel empty.
 
     python plot.py runs/hicra-xxxx            # writes runs/hicra-xxxx/dynamics.png
 """
@@ -23,17 +26,22 @@ import torch
 
 from strategic_grams import hierarchy_token_stats, planning_token_ratio
 
-PANELS = [  # (title, [(metric, label)])
+PANELS = [  # (title, [(metric, label)]), drawn row by row, 4 per row
     ("accuracy / reward", [("pass_rate", "accuracy (all sampled)"), ("reward", "reward (trained groups)"),
                            ("boxed_rate", "boxed rate (trained groups)"), ("val_pass@1", "validation pass@1")]),
+    ("pass@8 (all sampled groups)", [("pass_at_8", "pass@8")]),
     ("response length", [("response_len", "mean"), ("response_len_max", "max")]),
+    ("curriculum level", [("level", "level index (0 = L1)")]),
     ("semantic entropy (nats)", [("semantic_entropy", "semantic entropy")]),
+    ("conditional entropy (nats)", [("conditional_entropy", "next procedural n-gram | strategic gram")]),
     ("planning token ratio", [("planning_token_ratio", "planning / all tokens")]),
+    ("high-entropy tokens (top 30%)", [("planning_high_entropy_frac", "planning tokens that are high-entropy"),
+                                       ("high_entropy_planning_frac", "high-entropy tokens that are planning")]),
     ("token entropy", [("planning_entropy", "planning"), ("execution_entropy", "execution")]),
     ("relative perplexity", [("planning_rel_ppl", "planning"), ("execution_rel_ppl", "execution")]),
     ("clip fraction", [("clip_frac_low", "low"), ("clip_frac_high", "high")]),
-    ("curriculum level", [("level", "level index (0 = L1)")]),
 ]
+COLUMNS = 4
 
 
 def repair_jsonl(path: str, max_step: int) -> tuple[int, int]:
@@ -105,15 +113,22 @@ def update_metrics(loss_stats, token_stats, initial_ppl) -> dict:
     return row
 
 
-def write_rollouts(out_dir, step, groups, masker, tokenizer):
-    """Sample rollouts (one group) with planning spans, for reading and as SG-construction input."""
+def write_rollouts(out_dir, step, groups, masker, tokenizer, max_failed: int = 8):
+    """Append this step's sample rollouts to rollouts.jsonl: every response of the first group, then the failed
+    responses of the other groups (the first max_failed in group order), each with its planning spans. They are
+    the input of sg_build.py (successful solutions) and of error_types.py (failures, judged with the problem
+    text and the reference solution, None where the data has none)."""
+    rows = [(g, text, result) for g in groups[:1] for text, result in zip(g["texts"], g["results"])]
+    failed = [(g, text, result) for g in groups[1:] for text, result in zip(g["texts"], g["results"])
+              if not result.correct]
     with open(os.path.join(out_dir, "rollouts.jsonl"), "a") as f:
-        for g in groups[:1]:
-            prompt = tokenizer.decode(g["prompt"])
-            for text, result in zip(g["texts"], g["results"]):
-                f.write(json.dumps(dict(step=step, id=g["problem"].id, prompt=prompt, response=text, gold=g["problem"].answer,
-                                        answer=result.answer, reward=result.score, correct=result.correct,
-                                        planning_spans=[[a, b] for a, b, _ in masker.spans(text)])) + "\n")
+        for g, text, result in rows + failed[:max_failed]:
+            problem = g["problem"]
+            f.write(json.dumps(dict(step=step, id=problem.id, problem=problem.problem,
+                                    solution=getattr(problem, "solution", None), prompt=tokenizer.decode(g["prompt"]),
+                                    response=text, gold=problem.answer, answer=result.answer, reward=result.score,
+                                    correct=result.correct,
+                                    planning_spans=[[a, b] for a, b, _ in masker.spans(text)])) + "\n")
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -145,30 +160,41 @@ def plot_run(run_dir: str, out: str | None = None) -> str | None:
     except ImportError:
         print("plot: matplotlib is not installed (pip install matplotlib); no figure written")
         return None
-    rows = read_metrics(run_dir)
-    fig, axes = plt.subplots(2, 4, figsize=(18, 7.5))
-    for ax, (title, series) in zip(axes.flat, PANELS):
+    fig = draw_figure(read_metrics(run_dir), os.path.basename(os.path.normpath(run_dir)))
+    out = out or os.path.join(run_dir, "dynamics.png")
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def draw_figure(rows: list[dict], title: str):
+    """metrics.jsonl rows -> the matplotlib figure of PANELS (rows of COLUMNS panels; spare cells hidden)."""
+    import matplotlib.pyplot as plt
+    grid_rows = -(-len(PANELS) // COLUMNS)
+    fig, axes = plt.subplots(grid_rows, COLUMNS, figsize=(18, 3.75 * grid_rows), squeeze=False)
+    for ax in axes.flat[len(PANELS):]:
+        ax.axis("off")
+    for ax, (panel, series) in zip(axes.flat, PANELS):
         for key, label in series:
-            points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+            points = [(r["step"], r[key]) for r in rows
+                      if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
             if points:
                 ax.plot(*zip(*points), marker=".", label=label)
         for r in rows:  # level changes as vertical lines on every panel
             if r.get("level_changed"):
                 ax.axvline(r["step"], color="grey", linestyle=":", linewidth=1)
-        ax.set_title(title)
+        ax.set_title(panel)
         ax.set_xlabel("step")
-        if title == "relative perplexity":  # few planning tokens make it jump by orders of magnitude
+        if panel == "relative perplexity":  # few planning tokens make it jump by orders of magnitude
             ax.set_yscale("log")
         if len(series) > 1:
-            ax.legend(fontsize=8)
+            if ax.get_legend_handles_labels()[0]:  # nothing to label when the run logged none of them
+                ax.legend(fontsize=8)
         else:
             ax.set_ylabel(series[0][1])
-    fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
+    fig.suptitle(title)
     fig.tight_layout()
-    out = out or os.path.join(run_dir, "dynamics.png")
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return fig
 
 
 if __name__ == "__main__":
