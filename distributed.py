@@ -106,11 +106,13 @@ def shard_policy(policy, device, activation_checkpointing, param_dtype="auto"):
 
 
 def full_state_dict(policy, is_dist):
-    """All parameters as plain full tensors (a collective under FSDP: every rank calls it)."""
+    """All parameters as plain full tensors, for saving (a collective under FSDP: every rank calls it). Under FSDP
+    they are gathered into rank 0's host memory and the other ranks get {}: no rank holds a full fp32 copy on
+    its GPU (28 GB at 7B)."""
     if not is_dist:
         return policy.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    return get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
+    return get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 @torch.no_grad()

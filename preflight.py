@@ -32,7 +32,9 @@ import checkpoint as ckpt
 import model as M
 from cli import flag
 from curriculum import SCHEDULES, Curriculum, make_schedule
-from distributed import full_state_dict, shard_policy
+import rollout as R
+from attention import BACKENDS
+from distributed import memory_plan, refresh_inference_copy, shard_policy
 from loss import ADV_SCALES, AGG_MODES, AMPLIFY_MODES
 from plot import repair_jsonl
 from problems import TEMPLATES, Problem, PromptConfig, build_prompt, load_problems
@@ -43,6 +45,7 @@ from strategic_grams import PlanningMasker, load_grams
 RESUME_MAY_CHANGE = {"out_dir", "resume", "total_steps", "stop_after", "save_every", "keep_checkpoints",
                      "log_rollouts_every", "eval_every", "eval_data", "eval_limit", "reward_workers", "max_num_seqs",
                      "micro_batch_tokens", "share_prompt", "activation_checkpointing", "preset", "overwrite",
+                     "precision", "attn", "decode", "kv_memory_fraction", "dist_timeout",
                      "allow_config_change"}
 RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "config.json", "dynamics.png")  # --overwrite removes them, checkpoints/
 
@@ -97,6 +100,12 @@ def validate(cfg, world: int = 1) -> None:
         need(getattr(cfg, field) is None or os.path.isfile(getattr(cfg, field)), field, "must be an existing file")
     need(cfg.eval_data is None or isinstance(cfg.eval_data, str) and cfg.eval_data.strip(), "eval_data",
          "must name validation data (or none)")
+    need(cfg.precision in ("fp32", "bf16"), "precision", "must be auto, fp32 or bf16")
+    need(cfg.attn in BACKENDS, "attn", f"must be one of {', '.join(BACKENDS)}")
+    need(cfg.decode in R.DECODE_MODES, "decode", f"must be one of {', '.join(R.DECODE_MODES)}")
+    need(cfg.decode != "graph" or torch.cuda.is_available(), "decode", "graph needs CUDA (static: the same step)")
+    need(is_num(cfg.kv_memory_fraction) and 0 < cfg.kv_memory_fraction <= 1, "kv_memory_fraction", "must be in (0, 1]")
+    need(is_num(cfg.dist_timeout) and cfg.dist_timeout > 0, "dist_timeout", "must be a number of seconds > 0")
     need(cfg.resume in (None, "auto") or os.path.isdir(cfg.resume), "resume", "must be 'auto' or a checkpoint folder")
     need(not (cfg.overwrite and cfg.resume), "overwrite", "starts a new run: it cannot be combined with --resume")
     if bad:
@@ -226,7 +235,7 @@ def fit_context(problems: list[Problem], tokenizer, prompt_cfg, cfg, context: in
 class Run:
     """What setup() built and checked, for the loop."""
     policy: torch.nn.Module  # the trainable weights (FSDP-sharded under torchrun)
-    infer: torch.nn.Module  # the sampler's full copy (the policy itself in one process)
+    infer: torch.nn.Module  # the sampler's full copy (bf16; the policy itself in an fp32 single process)
     reference: torch.nn.Module | None  # frozen initial policy for the KL term
     optimizer: torch.optim.Optimizer
     tokenizer: object
@@ -239,6 +248,7 @@ class Run:
     initial_ppl: dict  # first logged perplexities (relative perplexity divides by them)
     run_id: str  # names this run's checkpoints (rotation deletes no other run's)
     resumed_from: str | None  # checkpoint folder
+    sampler: R.Sampler  # the inference copy's sampler: KV pool and decode graphs kept across steps
 
 
 def load_tokenizer(folder: str):
@@ -302,15 +312,23 @@ def setup(cfg, rank, world, device, is_dist, is_master) -> Run:
         curriculum.load_state_dict(found.state["curriculum"])
 
     # ------------------------------------------------------------------ the model (the heavy part)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32  # compute; master weights stay fp32
+    M.resolve_backend(cfg.attn, device.type, dtype)  # an --attn that cannot run here: one line, before loading
     policy = M.load_model(folder, device=device, dtype=torch.float32, tokenizer=False)[0]
-    infer = policy  # single process: sample from the trainable weights themselves
-    if is_dist:
+    infer = policy  # fp32 in one process: sample from the trainable weights themselves
+    if is_dist:  # torchrun, or a one-rank group for bf16: FSDP2 mixed precision and a bf16 sampler copy
         infer = M.load_model(folder, device=device, dtype=dtype, tokenizer=False)[0]
-        policy = shard_policy(policy, device, cfg.activation_checkpointing)
+        policy = shard_policy(policy, device, cfg.activation_checkpointing, param_dtype=dtype if dtype != torch.float32 else None)
     else:
         policy.activation_checkpointing = cfg.activation_checkpointing
     reference = M.load_model(folder, device=device, dtype=dtype, tokenizer=False)[0] if cfg.kl_coef > 0 else None
+    for m in (policy, infer, reference):
+        if m is not None:
+            m.attn_backend = cfg.attn
+    sampler = R.Sampler(infer, R.EngineConfig(max_num_seqs=cfg.max_num_seqs, decode=cfg.decode,
+                                              kv_memory_fraction=cfg.kv_memory_fraction))
+    if is_master and device.type == "cuda":
+        print_memory_plan(cfg, infer, world, device)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
     start_step, initial_ppl, run_id = 0, {}, f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(4).hex()}"
     if found is not None:
@@ -318,12 +336,30 @@ def setup(cfg, rank, world, device, is_dist, is_master) -> Run:
         start_step, initial_ppl = found.state["step"], found.state.get("initial_ppl", {})
         run_id = found.state.get("run_id") or run_id
         ckpt.set_rng_state(found.rng)
-        if is_dist:
-            infer.load_state_dict(full_state_dict(policy, is_dist))
+        if infer is not policy:
+            refresh_inference_copy(policy, infer)
         if is_master:
             print(f"resumed from {found.folder} (step {start_step})")
     return Run(policy, infer, reference, optimizer, tokenizer, hf_config, curriculum, masker, prompt_cfg, held_out,
-               start_step, initial_ppl, run_id, found.folder if found else None)
+               start_step, initial_ppl, run_id, found.folder if found else None, sampler)
+
+
+def print_memory_plan(cfg, infer, world: int, device) -> None:
+    """Per-rank memory estimate (distributed.memory_plan) against the device's memory, before the first step."""
+    kv_note = ""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        kv = int(cfg.kv_memory_fraction * free)
+        kv_note = f" (at most {cfg.kv_memory_fraction:g} of the {free / 2**30:.1f} GiB free now)"
+    else:
+        total, kv = None, 0
+    plan = memory_plan(infer.cfg, world, cfg.micro_batch_tokens, cfg.activation_checkpointing, kv_bytes=kv,
+                       sampler_copy=cfg.precision == "bf16" or world > 1)
+    lines = [f"  {name:<48} {size / 2**30:7.1f} GiB{kv_note if name == 'KV pool' else ''}" for name, size in plan]
+    print(f"memory plan per rank ({cfg.precision} compute, {world} rank(s)):\n" + "\n".join(lines))
+    if total is not None and plan[-1][1] > 0.95 * total:
+        print(f"warning: the plan ({plan[-1][1] / 2**30:.0f} GiB) exceeds the device's {total / 2**30:.0f} GiB: lower "
+              "--micro-batch-tokens, turn on --activation-checkpointing, or use more GPUs")
 
 
 def claim_run_folder(cfg, start_step):

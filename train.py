@@ -45,7 +45,7 @@ import torch
 from tqdm import tqdm
 
 import checkpoint as ckpt
-from distributed import all_sum, dist_cleanup, dist_init, full_state_dict, max_over_ranks
+from distributed import all_sum, dist_cleanup, dist_init, full_state_dict, max_over_ranks, refresh_inference_copy
 import eval as evaluation
 import preflight
 from cli import add_dataclass_args, dataclass_from_args
@@ -54,7 +54,7 @@ from problems import build_prompt, stop_strings
 from plot import open_metrics, plot_run, update_metrics, write_rollouts
 from loss import LossConfig, group_advantages
 from reward import RewardConfig, score_batch
-from rollout import EngineConfig, Interrupted, SamplingParams, generate
+from rollout import Interrupted, SamplingParams
 from strategic_grams import semantic_entropy
 from update import Batch, ppo_update
 
@@ -65,9 +65,11 @@ ALGORITHMS = {
 }
 PRESETS = {  # hardware presets: values of fields left unset on the command line
     "cpu": dict(lr=2e-5, group_size=8, prompts_per_step=4, max_new_tokens=32, total_steps=48, data="arith",
-                curriculum="adaptive", micro_batch_tokens=4096, save_every=4, eval_every=0, share_prompt=True),
+                curriculum="adaptive", micro_batch_tokens=4096, save_every=4, eval_every=0, share_prompt=True,
+                activation_checkpointing=False),
     "gpu": dict(lr=1e-6, group_size=16, prompts_per_step=32, max_new_tokens=8192, total_steps=1000, data="gsm8k_train",
-                curriculum="none", micro_batch_tokens=32768, save_every=50, eval_every=50, share_prompt=False),
+                curriculum="none", micro_batch_tokens=32768, save_every=50, eval_every=50, share_prompt=True,
+                activation_checkpointing=True),  # 32K-token micro-batches need it: ~107 GB of activations at 1.5B without
 }
 
 
@@ -95,7 +97,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global grad norm
     ppo_epochs: int | None = None  # mu: passes over each batch (default: the level's)
     micro_batch_tokens: int | None = None  # packed tokens per forward/backward
-    share_prompt: bool | None = None  # forward a group's prompt once for its G responses (SDPA masks; short responses)
+    share_prompt: bool | None = None  # forward a group's prompt once for its G responses (keys gathered per response)
     agg: str | None = None  # loss aggregation (see loss.py)
     eps_low: float | None = None  # clip lower bound (default: the level's / algo's)
     eps_high: float | None = None  # clip upper bound
@@ -112,7 +114,12 @@ class TrainConfig:
     format_penalty: float | None = None  # no boxed answer scores -this (default: 1 with the overlong penalty, else 0)
     reward_workers: int = 0  # processes for reward scoring
     recompute_old_logprobs: bool = False  # old logprobs from a forward pass instead of the sampler's
-    activation_checkpointing: bool = False  # recompute blocks in backward
+    activation_checkpointing: bool | None = None  # recompute blocks in backward (gpu preset: on)
+    precision: str = "auto"  # auto | fp32 | bf16: compute dtype (auto: bf16 on CUDA); master weights stay fp32
+    attn: str = "auto"  # attention backend: auto | torch-flash | flash-attn | sdpa (auto: torch-flash on CUDA)
+    decode: str = "auto"  # sampler decode step: auto (CUDA graphs on CUDA, eager on CPU) | eager | static | graph
+    kv_memory_fraction: float = 0.3  # CUDA: the sampler's KV pool takes at most this share of free memory
+    dist_timeout: float = 3600.0  # seconds a collective waits for the other ranks (rollouts differ in length)
     save_every: int | None = None  # checkpoint every K steps
     keep_checkpoints: int = 2  # how many checkpoints of this run to keep (>= 1)
     log_rollouts_every: int = 1  # write sample rollouts to rollouts.jsonl every K steps
@@ -137,6 +144,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise ValueError("--resume auto needs --out-dir: the run folder to continue")
     fills = {**PRESETS[preset], **ALGORITHMS[cfg.algo]}
     cfg = dataclasses.replace(cfg, preset=preset, **{k: v for k, v in fills.items() if getattr(cfg, k) is None})
+    if cfg.precision == "auto":
+        cfg.precision = "bf16" if torch.cuda.is_available() else "fp32"
     if cfg.overlong_buffer == -1 and isinstance(cfg.max_new_tokens, int):
         cfg.overlong_buffer = cfg.max_new_tokens // 4
     if cfg.format_penalty is None:  # no answer must never beat a wrong one that the overlong penalty hits
@@ -150,21 +159,6 @@ def reward_config(cfg: TrainConfig) -> RewardConfig:
 
 
 # ----------------------------------------------------------------------------- rollout
-
-def sample_with_retry(model, prompt_ids, params, cfg, tokenizer, should_stop=None):
-    """rollout.generate; on CUDA out-of-memory, halve the sampler's slots (for the rest of the run) and retry."""
-    while True:
-        try:
-            with torch.no_grad():
-                return generate(model, prompt_ids, params, EngineConfig(max_num_seqs=cfg.max_num_seqs), tokenizer,
-                                should_stop=should_stop)
-        except torch.cuda.OutOfMemoryError:
-            if cfg.max_num_seqs <= 1:
-                raise
-            torch.cuda.empty_cache()
-            cfg.max_num_seqs //= 2
-            print(f"rollout ran out of GPU memory; retrying with --max-num-seqs {cfg.max_num_seqs}", file=sys.stderr)
-
 
 def rollout(run: preflight.Run, cfg, step, rank, world, is_dist, stop):
     """This rank's groups of the step: G samples per prompt, scored, dynamic sampling's rounds included.
@@ -189,7 +183,8 @@ def rollout(run: preflight.Run, cfg, step, rank, world, is_dist, stop):
                                 seed=cfg.seed * 1_000_003 + step * 1009 + rank * 101 + stats["rounds"])
         stats["rounds"] += 1
         try:
-            samples, gen_stats = sample_with_retry(run.infer, prompt_ids, params, cfg, tokenizer, should_stop=stop)
+            with torch.no_grad():  # the sampler keeps its KV pool and decode graphs across steps (and retries on OOM)
+                samples, gen_stats = run.sampler.generate(prompt_ids, params, tokenizer, should_stop=stop)
         except Interrupted:
             return placeholders
         if stop():  # scoring can take a while too
@@ -313,7 +308,9 @@ def main(argv=None):
     if not args.preset and rank_env == 0:
         print(f"preset {cfg.preset}: " + ("CUDA is available (--preset cpu: the CPU demo's values)"
                                           if cfg.preset == "gpu" else "no CUDA device (--preset gpu: the papers' values)"))
-    rank, world, device, is_dist = dist_init()
+    rank, world, device, is_dist = dist_init(one_rank_group=cfg.precision == "bf16", timeout_s=cfg.dist_timeout)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 matmuls that remain
     try:
         with ckpt.StopSignal(verbose=rank == 0) as stop:
             try:
@@ -326,6 +323,10 @@ def main(argv=None):
 
 
 def save_checkpoint(cfg, run: preflight.Run, steps_done, is_dist, is_master, rank) -> str:
+    local = (p.to_local() if hasattr(p, "to_local") else p for p in run.policy.parameters())
+    if agree(not all(bool(torch.isfinite(p).all()) for p in local), is_dist):  # checked on the shards, agreed
+        fail(f"step {steps_done}: the policy weights are not finite (NaN/inf); not saving them over the good "
+             "checkpoints", rank, is_dist)
     try:
         return ckpt.save(cfg.out_dir, steps_done, full_state_dict(run.policy, is_dist), run.hf_config, run.tokenizer,
                          run.policy, run.optimizer, dict(curriculum=run.curriculum.state_dict(),
@@ -381,8 +382,8 @@ def train(cfg, run: preflight.Run, rank, world, device, is_dist, is_master, stop
         ppo_epochs = cfg.ppo_epochs or level.ppo_epochs
         update = ppo_update(run.policy, run.optimizer, batch, cfg, loss_cfg, ppo_epochs, lr, world, is_dist, device,
                             run.reference)
-        if is_dist:  # refresh the inference copy once per step, never per decoded token
-            run.infer.load_state_dict(full_state_dict(run.policy, is_dist))
+        if run.infer is not run.policy:  # refresh the inference copy once per step, in place, never per token
+            refresh_inference_copy(run.policy, run.infer)
         update_s = time.perf_counter() - t1
 
         # ---------------------------------------------------------- curriculum decision (same on every rank)
@@ -410,7 +411,7 @@ def train(cfg, run: preflight.Run, rank, world, device, is_dist, is_master, stop
         if cfg.eval_every and steps_done % cfg.eval_every == 0 and not stopping:
             val_cfg = evaluation.EvalConfig(k="1", temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                             template=cfg.template, progress=False)
-            val = evaluation.validate(run.infer, tokenizer, run.held_out, val_cfg, rank, world)["average"]
+            val = evaluation.validate(run.infer, tokenizer, run.held_out, val_cfg, rank, world, sampler=run.sampler)["average"]
             if is_master:
                 metrics_file.write(json.dumps({"step": steps_done, **{f"val_{k}": v for k, v in val.items()}}) + "\n")
                 tqdm.write(f"validation step {steps_done}: " + " ".join(f"{k}={v:.3g}" for k, v in val.items()))

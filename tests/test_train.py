@@ -145,29 +145,6 @@ def test_shared_prompt_packing_equals_separate_sequences(tiny_checkpoint):
         assert torch.allclose(g, r, atol=1e-5)
 
 
-def test_rollout_out_of_memory_retries_with_half_the_slots(monkeypatch, capsys):
-    """A CUDA OOM in the sampler halves max_num_seqs and retries (and says so); at one slot it gives up."""
-    tried = []
-
-    def fake_generate(model, prompts, params, engine, tokenizer, should_stop=None):
-        tried.append(engine.max_num_seqs)
-        if engine.max_num_seqs > 8:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return "samples", "stats"
-
-    monkeypatch.setattr(train, "generate", fake_generate)
-    cfg = train.TrainConfig(max_num_seqs=64)
-    assert train.sample_with_retry(None, [[1]], None, cfg, None) == ("samples", "stats")
-    assert tried == [64, 32, 16, 8] and cfg.max_num_seqs == 8
-    assert "retrying with --max-num-seqs 8" in capsys.readouterr().err
-
-    monkeypatch.setattr(train, "generate", lambda *a, **k: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("simulated")))
-    cfg = train.TrainConfig(max_num_seqs=2)
-    with pytest.raises(torch.cuda.OutOfMemoryError):
-        train.sample_with_retry(None, [[1]], None, cfg, None)
-    assert cfg.max_num_seqs == 1
-
-
 def test_step_with_no_trainable_group_logs_no_means(tmp_path, tiny_chat_model):
     """A random model never earns a reward, so dynamic sampling keeps no group: the step must say so (no reward,
     accuracy or boxed rate averaged over zero responses, which would read as 0.0) and the run goes on."""
@@ -415,7 +392,7 @@ def test_reward_traps_warn_once_each():
 
 def test_the_preset_choice_is_said(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(train, "dist_init", lambda: (_ for _ in ()).throw(SystemExit("stop here")))
+    monkeypatch.setattr(train, "dist_init", lambda **kw: (_ for _ in ()).throw(SystemExit("stop here")))
     with pytest.raises(SystemExit):
         train.main(["--out-dir", str(tmp_path), "--data", "arith"])
     assert "preset gpu: CUDA is available (--preset cpu: the CPU demo's values)" in capsys.readouterr().out
