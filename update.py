@@ -22,6 +22,10 @@ Mismatch metrics (loss.mismatch_weights: |old - sampler|, sequence-ratio range, 
 step: by policy_loss from the recomputed old logprobs, or, without recompute (where old IS the sampler's, so a
 correction is refused), from epoch 0's forward, which runs at theta_old. Clip-Cov draws from one seeded generator
 per step, used by the micro-batches in a fixed order, so a rerun or a resume chooses the same tokens.
+Stopping (should_stop, e.g. a SIGTERM flag): asked before the pre-pass and before each micro-batch of the first
+epoch, i.e. before any optimizer step; the ranks agree by one all-reduce MAX per check, and when any rank says stop
+every rank drops its gradients and raises rollout.Interrupted with the weights and optimizer state untouched, so the
+caller can abandon the step. After the first optimizer step the update runs to its end.
 """
 from dataclasses import dataclass
 
@@ -31,6 +35,7 @@ import model as M
 from distributed import all_gather_1d, all_sum, max_over_ranks
 from loss import (amplify_mask, hicra_advantages, high_entropy_threshold, mismatch_weights, policy_loss,
                   token_advantages)
+from rollout import Interrupted
 
 
 def pack(segments, device):
@@ -105,13 +110,15 @@ class Batch:
 
 
 def ppo_update(policy, optimizer, batch: Batch, cfg, loss_cfg, ppo_epochs, lr, world, is_dist, device, reference=None,
-               seed: int | None = None):
+               seed: int | None = None, should_stop=None):
     """mu epochs, one optimizer step each, over packed micro-batches; the loss of every micro-batch is
     normalised by the whole step's token / sequence counts, so their summed gradients equal one big batch's.
 
     seed: Clip-Cov's random choice of tokens draws from one torch.Generator(device).manual_seed(seed) made here, once
     per step (train.py derives seed from the run seed, the step and the rank) and used by the micro-batches in a fixed
     order, so reruns and resumes reproduce; required when loss_cfg.cov_mode is 'clip', unused otherwise.
+    should_stop (optional, () -> bool, the same on every rank): polled before the pre-pass and each micro-batch of
+    epoch 0; when it is True on any rank, raises rollout.Interrupted on every rank before any optimizer step.
     Returns dict(loss (epoch-0 total), loss_stats, token_stats, grad_norm, skipped, entropy_threshold (80/20, or None)).
     """
     if loss_cfg.mismatch_correction != "none" and not cfg.recompute_old_logprobs:
@@ -126,6 +133,7 @@ def ppo_update(policy, optimizer, batch: Batch, cfg, loss_cfg, ppo_epochs, lr, w
     policy.train()
     threshold = None
     if cfg.recompute_old_logprobs or loss_cfg.top_entropy_q < 1:
+        stop_if_asked(should_stop, policy, optimizer, is_dist)
         entropies = prepass(policy, batch, batches, cfg, device)  # (this rank's valid tokens,)
         if loss_cfg.top_entropy_q < 1:
             threshold = high_entropy_threshold(all_gather_1d(entropies, is_dist), loss_cfg.top_entropy_q)  # ()
@@ -134,6 +142,8 @@ def ppo_update(policy, optimizer, batch: Batch, cfg, loss_cfg, ppo_epochs, lr, w
     totals = dict(total_tokens=max(total_tokens, 1), total_seqs=max(total_seqs, 1))
     for epoch in range(ppo_epochs):
         for rows in batches:
+            if epoch == 0:
+                stop_if_asked(should_stop, policy, optimizer, is_dist)
             if not rows:  # an empty slot under FSDP: a zero-weight pass keeps the collectives in step
                 (policy_logprobs(policy, [([0], [[0]])], cfg.temperature, device)[0].sum() * 0.0).backward()
                 continue
@@ -157,6 +167,18 @@ def ppo_update(policy, optimizer, batch: Batch, cfg, loss_cfg, ppo_epochs, lr, w
         optimizer.zero_grad(set_to_none=True)
     policy.eval()
     return out
+
+
+def stop_if_asked(should_stop, policy, optimizer, is_dist):
+    """Raise Interrupted on every rank when should_stop() is True on any (one all-reduce MAX under torchrun); before
+    the first optimizer step, so dropping the gradients leaves the weights and optimizer state as they were."""
+    if should_stop is None:
+        return
+    stop = int(bool(should_stop()))
+    if (max_over_ranks(stop) if is_dist else stop):
+        optimizer.zero_grad(set_to_none=True)
+        policy.eval()
+        raise Interrupted("ppo_update: stopped on request before the first optimizer step (nothing was applied)")
 
 
 def plan_micro_batches(seqs, cfg, is_dist):

@@ -1,6 +1,7 @@
 """update.py's issue-19 wiring: sampler logprobs kept beside the (recomputed) old ones, the no-grad pre-pass, the
 step-wide 80/20 threshold (one process and two ranks), Clip-Cov's seeded generator, the mismatch metrics in
-plot.update_metrics, and the default path unchanged bit for bit."""
+plot.update_metrics, the default path unchanged bit for bit, and should_stop (nothing applied, ranks agree)."""
+import copy
 import dataclasses
 import math
 import os
@@ -19,6 +20,7 @@ from conftest import ROOT
 from fsdp_step import fixed_batch
 from loss import LossConfig, amplify_mask, hicra_advantages, policy_loss, token_advantages
 from plot import update_metrics
+from rollout import Interrupted
 
 # the TrainConfig fields ppo_update reads (train.resolve's cpu preset with algo hicra)
 CFG = SimpleNamespace(share_prompt=True, micro_batch_tokens=24, temperature=1.0, recompute_old_logprobs=False,
@@ -231,3 +233,81 @@ def test_two_rank_80_20_update_equals_one_process(tmp_path, model_dir):
     for name, value in one["state"].items():
         assert (value - two["state"][name]).abs().max().item() < 1e-5, name
     assert max((value - every["state"][name]).abs().max().item() for name, value in one["state"].items()) > 1e-4
+
+
+# ----------------------------------------------------------------------------- stopping before the first optimizer step
+
+def snapshot(policy, optimizer):
+    return {k: v.clone() for k, v in policy.state_dict().items()}, copy.deepcopy(optimizer.state_dict())
+
+
+def assert_same_state(before, after):
+    (weights, opt), (weights_now, opt_now) = before, after
+    assert weights.keys() == weights_now.keys() and all(torch.equal(weights[k], weights_now[k]) for k in weights)
+    assert opt["param_groups"] == opt_now["param_groups"] and opt["state"].keys() == opt_now["state"].keys()
+    for index, state in opt["state"].items():
+        assert all(torch.equal(value, opt_now["state"][index][name]) for name, value in state.items()), index
+
+
+def stop_at_check(n, rank_stops=True):
+    """should_stop() that turns True at its n-th call (on this rank); .calls counts the calls."""
+    def should_stop():
+        should_stop.calls += 1
+        return rank_stops and should_stop.calls >= n
+    should_stop.calls = 0
+    return should_stop
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_a_stop_at_the_second_micro_batch_raises_and_applies_nothing(model_dir, recompute):
+    policy, optimizer = load(model_dir)
+    update.ppo_update(policy, optimizer, new_batch(policy), CFG, LOSS, 1, 1e-2, 1, False, "cpu")  # AdamW has a state
+    before = snapshot(policy, optimizer)
+    assert before[1]["state"]  # moments and step counts to compare
+    cfg = train_cfg(recompute_old_logprobs=recompute)
+    assert len(update.plan_micro_batches(new_batch(policy).seqs, cfg, False)[0]) > 2
+    should_stop = stop_at_check(3 if recompute else 2)  # recompute: the pre-pass asks first
+    with pytest.raises(Interrupted, match="before the first optimizer step"):
+        update.ppo_update(policy, optimizer, new_batch(policy), cfg, LOSS, 2, 1e-2, 1, False, "cpu",
+                          should_stop=should_stop)
+    assert should_stop.calls == (3 if recompute else 2)
+    assert all(p.grad is None for p in policy.parameters()) and not policy.training
+    assert_same_state(before, snapshot(policy, optimizer))
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_a_stop_that_never_comes_changes_nothing_and_is_asked_in_the_first_epoch_only(model_dir, recompute):
+    cfg = train_cfg(recompute_old_logprobs=recompute)
+    _, plain, _ = run(model_dir, cfg, epochs=3)
+    policy, _ = load(model_dir)
+    micro_batches = len(update.plan_micro_batches(new_batch(policy).seqs, cfg, False)[0])
+    should_stop = stop_at_check(micro_batches + 1 + recompute)  # True from the first check after epoch 0
+    _, state, _ = run(model_dir, cfg, epochs=3, should_stop=should_stop)
+    assert should_stop.calls == micro_batches + recompute  # later epochs are not interrupted, nor asked
+    assert all(torch.equal(plain[k], state[k]) for k in plain)
+
+
+def _stop_rank(rank, store, model_dir, out):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        policy, optimizer = load(model_dir)
+        before = snapshot(policy, optimizer)
+        should_stop = stop_at_check(2, rank_stops=rank == 1)  # only rank 1 is told to stop
+        try:
+            update.ppo_update(policy, optimizer, new_batch(policy), CFG, LOSS, 1, 1e-2, 2, True, "cpu",
+                              should_stop=should_stop)
+            result = "finished"
+        except Interrupted:
+            result = "interrupted"
+        unchanged = all(torch.equal(v, policy.state_dict()[k]) for k, v in before[0].items())
+        with open(f"{out}.{rank}", "w") as f:
+            f.write(f"{result} {should_stop.calls} {unchanged}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_rank_asked_to_stop_stops_every_rank(tmp_path, model_dir):
+    import torch.multiprocessing as mp
+    mp.spawn(_stop_rank, args=(str(tmp_path / "store"), model_dir, str(tmp_path / "out")), nprocs=2)
+    assert [open(tmp_path / f"out.{rank}").read() for rank in (0, 1)] == ["interrupted 2 True"] * 2
