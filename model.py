@@ -343,6 +343,21 @@ def read_state_dict(folder: str) -> dict:
     return tensors
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def has_tokenizer(folder: str) -> bool:
+    return any(os.path.exists(os.path.join(folder, f)) for f in TOKENIZER_FILES)
+
+
+def load_tokenizer(folder: str):
+    """The folder's transformers tokenizer; a ValueError naming the folder when it has no tokenizer files."""
+    if not has_tokenizer(folder):
+        raise ValueError(f"{folder}: no tokenizer files in the model folder")
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(folder)
+
+
 def load_model(name_or_path: str | None = None, device="cpu", dtype=torch.float32, tokenizer: bool = True):
     """Load an HF-format folder (or the embedded default) -> (Transformer in eval mode, tokenizer or None).
 
@@ -351,12 +366,7 @@ def load_model(name_or_path: str | None = None, device="cpu", dtype=torch.float3
     folder = resolve_path(name_or_path)
     model = build_model(read_hf_config(folder), read_state_dict(folder), device, dtype, where=folder)
     model.name_or_path = folder
-    tok = None
-    has_tokenizer = any(os.path.exists(os.path.join(folder, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
-    if tokenizer and has_tokenizer:
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(folder)
-    return model, tok
+    return model, load_tokenizer(folder) if tokenizer and has_tokenizer(folder) else None
 
 
 def build_model(hf_config: dict, tensors: dict, device="cpu", dtype=torch.float32, where: str = "weights"):
@@ -382,7 +392,8 @@ def build_model(hf_config: dict, tensors: dict, device="cpu", dtype=torch.float3
 
 
 def save_hf(state_dict: dict, hf_config: dict, out_dir: str, tokenizer=None, dtype=None):
-    """Write an HF-format folder (config.json, model.safetensors, tokenizer) that transformers loads as is."""
+    """Write an HF-format folder (config.json, model.safetensors, tokenizer) that transformers loads as is.
+    Its files are readable by the group like any file written here (mode 0666 & ~umask; safetensors makes 0600)."""
     from safetensors.torch import save_file
     os.makedirs(out_dir, exist_ok=True)
     tied = hf_config.get("tie_word_embeddings", False)
@@ -400,6 +411,17 @@ def save_hf(state_dict: dict, hf_config: dict, out_dir: str, tokenizer=None, dty
         json.dump(config, f, indent=2)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
+    make_group_readable(out_dir)
+
+
+def make_group_readable(folder: str):
+    """Folders 0777 & ~umask, files 0666 & ~umask under `folder` (what open() and mkdir give by default)."""
+    umask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    for d, _, files in os.walk(folder):
+        os.chmod(d, 0o777 & ~umask)
+        for f in files:
+            os.chmod(os.path.join(d, f), 0o666 & ~umask)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -1,6 +1,8 @@
 """Shared fixtures: tiny random checkpoints built by transformers, and the embedded default model."""
 import importlib.util
+import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -12,6 +14,7 @@ sys.path.insert(0, ROOT)
 TINY = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, max_position_embeddings=256, rms_norm_eps=1e-6,
             bos_token_id=1, eos_token_id=2, pad_token_id=0)
+CHAT = dict(vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=2)  # the embedded tokenizer's ids
 
 
 def make_tiny_checkpoint(folder, family="llama", tie=False, seed=0, **overrides):
@@ -52,13 +55,30 @@ def default_model(default_model_path):
     return model.load_model(default_model_path)
 
 
-@pytest.fixture(scope="session")
-def tiny_chat_model(tmp_path_factory, default_model_path):
-    """A tiny random llama with the embedded model's tokenizer (vocab 49152): real text pipeline, fast steps."""
-    import shutil
-    folder = tmp_path_factory.mktemp("tiny-chat")
-    make_tiny_checkpoint(folder, "llama", tie=True, vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+def make_chat_model(folder, default_model_path, **overrides):
+    """A tiny random llama with the embedded model's tokenizer (vocab 49152) in `folder`; overrides: config fields."""
+    make_tiny_checkpoint(folder, "llama", tie=True, **{**CHAT, **overrides})
     for name in os.listdir(default_model_path):
         if name.startswith(("tokenizer", "special_tokens", "chat_template")):
             shutil.copy(os.path.join(default_model_path, name), folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def chat_model_factory(tmp_path_factory, default_model_path):
+    """make(**config overrides) -> a tiny chat model folder, made once per distinct overrides in the session, e.g.
+    make(max_position_embeddings=1 << 20) for rollouts longer than TINY's 256-token context."""
+    made = {}
+
+    def make(**overrides):
+        key = json.dumps(overrides, sort_keys=True)
+        if key not in made:
+            made[key] = make_chat_model(tmp_path_factory.mktemp("tiny-chat"), default_model_path, **overrides)
+        return made[key]
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(chat_model_factory):
+    """A tiny random llama with the embedded model's tokenizer (vocab 49152): real text pipeline, fast steps."""
+    return chat_model_factory()

@@ -3,7 +3,6 @@ same-size corruption of the newest checkpoint and torn log lines; the run still 
 uninterrupted run."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 
 import checkpoint as ckpt
 import model as M
-from conftest import ROOT, make_tiny_checkpoint
+from conftest import ROOT
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -102,15 +101,9 @@ def test_kill_sigterm_corruption_torn_lines_end_with_the_uninterrupted_weights(t
 
 
 @pytest.fixture(scope="session")
-def long_context_model(tmp_path_factory, default_model_path):
-    """The tiny random llama with the embedded tokenizer and a context long enough for endless rollouts."""
-    folder = tmp_path_factory.mktemp("tiny-long")
-    make_tiny_checkpoint(folder, "llama", tie=True, vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-                         max_position_embeddings=1 << 20)
-    for name in os.listdir(default_model_path):
-        if name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            shutil.copy(os.path.join(default_model_path, name), folder)
-    return str(folder)
+def long_context_model(chat_model_factory):
+    """The tiny chat model with a context long enough for endless rollouts."""
+    return chat_model_factory(max_position_embeddings=1 << 20)
 
 
 def endless_second_step(model, out_dir, tmp_path):

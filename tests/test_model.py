@@ -240,3 +240,35 @@ def test_broken_config_json_is_named(tmp_path, content, expected):
     with pytest.raises(ValueError, match=expected) as info:
         M.load_model(str(tmp_path))
     assert str(tmp_path / "config.json") in str(info.value)
+
+
+def test_load_tokenizer_names_a_folder_without_tokenizer_files(tiny_checkpoint, chat_model_factory, tiny_chat_model):
+    bare = tiny_checkpoint()
+    with pytest.raises(ValueError, match=f"^{bare}: no tokenizer files in the model folder$"):
+        M.load_tokenizer(bare)
+    assert M.load_model(bare)[1] is None  # load_model still answers None rather than failing
+    long_context = chat_model_factory(max_position_embeddings=1 << 20)  # conftest's factory: one folder per config
+    assert chat_model_factory(max_position_embeddings=1 << 20) == long_context != tiny_chat_model
+    assert chat_model_factory() == tiny_chat_model
+    contexts = [json.load(open(os.path.join(f, "config.json")))["max_position_embeddings"]
+                for f in (tiny_chat_model, long_context)]
+    assert contexts == [256, 1 << 20]
+    tokenizer = M.load_tokenizer(long_context)
+    assert tokenizer.decode(tokenizer.encode("What is 2 + 3?", add_special_tokens=False)) == "What is 2 + 3?"
+    assert len(tokenizer) == 49152
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)],
+                         ids=["umask-022", "umask-027"])
+def test_save_hf_files_are_readable_by_the_group(tiny_chat_model, tmp_path, umask, file_mode, dir_mode):
+    """safetensors writes 0600; save_hf leaves what any file written under the umask gets (the cached default too)."""
+    ours, tokenizer = M.load_model(tiny_chat_model)
+    old = os.umask(umask)
+    try:
+        M.save_hf(ours.state_dict(), ours.hf_config, str(tmp_path / "saved"), tokenizer)
+    finally:
+        os.umask(old)
+    modes = {name: os.stat(tmp_path / "saved" / name).st_mode & 0o777 for name in os.listdir(tmp_path / "saved")}
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(modes)
+    assert modes == dict.fromkeys(modes, file_mode)
+    assert os.stat(tmp_path / "saved").st_mode & 0o777 == dir_mode
