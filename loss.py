@@ -182,6 +182,12 @@ class LossConfig:
             _require(ok, name, rule, getattr(self, name))
 
 
+# The variant options train.py exposes one to one as flags of the same name (the rest it sets per step).
+VARIANT_FIELDS = ("loss", "gspo_eps_low", "gspo_eps_high", "cispo_eps_low", "cispo_eps_high", "sapo_tau_pos",
+                  "sapo_tau_neg", "top_entropy_q", "cov_mode", "clip_cov_frac", "clip_cov_lb", "clip_cov_ub",
+                  "kl_cov_frac", "kl_cov_coef", "mismatch_correction", "mismatch_level", "tis_cap", "mis_low", "mis_high")
+
+
 def _require(ok: bool, field: str, rule: str, value):
     if not ok:
         raise ValueError(f"LossConfig.{field} must be {rule}, got {value!r}")

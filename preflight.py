@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -35,7 +36,7 @@ from curriculum import SCHEDULES, Curriculum, make_schedule
 import rollout as R
 from attention import BACKENDS
 from distributed import memory_plan, refresh_inference_copy, shard_policy
-from loss import ADV_SCALES, AGG_MODES, AMPLIFY_MODES
+from loss import ADV_SCALES, AGG_MODES, AMPLIFY_MODES, VARIANT_FIELDS, LossConfig
 from plot import repair_jsonl
 from problems import TEMPLATES, Problem, PromptConfig, build_prompt, load_problems
 from strategic_grams import PlanningMasker, load_grams
@@ -108,6 +109,16 @@ def validate(cfg, world: int = 1) -> None:
     need(is_num(cfg.dist_timeout) and cfg.dist_timeout > 0, "dist_timeout", "must be a number of seconds > 0")
     need(cfg.resume in (None, "auto") or os.path.isdir(cfg.resume), "resume", "must be 'auto' or a checkpoint folder")
     need(not (cfg.overwrite and cfg.resume), "overwrite", "starts a new run: it cannot be combined with --resume")
+    need(cfg.mismatch_correction == "none" or cfg.recompute_old_logprobs, "mismatch_correction",
+         "needs --recompute-old-logprobs (without it the old logprobs are the sampler's: nothing to correct)")
+    if not bad:  # the loss options' ranges and combinations: LossConfig checks them, here with the flag's name
+        try:
+            LossConfig(eps_low=0.2 if cfg.eps_low is None else cfg.eps_low, agg=cfg.agg, kl_coef=cfg.kl_coef,
+                       eps_high=0.28 if cfg.eps_high is None else cfg.eps_high, entropy_coef=cfg.entropy_coef,
+                       **{k: getattr(cfg, k) for k in VARIANT_FIELDS})
+        except ValueError as e:
+            field = re.match(r"LossConfig\.(\w+) (.*)", str(e))
+            bad.append(f"{flag(field.group(1))} {getattr(cfg, field.group(1), '')!r}: {field.group(2)}" if field else str(e))
     if bad:
         raise ValueError("; ".join(bad))
 

@@ -52,7 +52,7 @@ from cli import add_dataclass_args, dataclass_from_args
 from curriculum import collect_groups
 from problems import build_prompt, stop_strings
 from plot import open_metrics, plot_run, update_metrics, write_rollouts
-from loss import LossConfig, group_advantages
+from loss import VARIANT_FIELDS, LossConfig, group_advantages
 from reward import RewardConfig, score_batch
 from rollout import Interrupted, SamplingParams
 from strategic_grams import semantic_entropy
@@ -104,6 +104,25 @@ class TrainConfig:
     kl_coef: float = 0.0  # k3 KL to the initial policy (grpo option; needs a reference copy)
     entropy_coef: float = 0.0  # entropy bonus
     adv_scale: str = "group"  # group | batch | none (Dr.GRPO)
+    loss: str = "ppo"  # ppo | gspo | cispo | sapo: the policy-gradient term (loss.py)
+    gspo_eps_low: float = 3e-4  # gspo sequence-ratio clip: s >= 1 - this
+    gspo_eps_high: float = 4e-4  # gspo sequence-ratio clip: s <= 1 + this
+    cispo_eps_low: float = 1.0  # cispo IS-weight clip: w >= 1 - this (>= 1: no lower bound)
+    cispo_eps_high: float = 4.0  # cispo IS-weight clip: w <= 1 + this
+    sapo_tau_pos: float = 1.0  # sapo gate temperature for A > 0
+    sapo_tau_neg: float = 1.05  # sapo gate temperature for A <= 0
+    top_entropy_q: float = 1.0  # 80/20: policy gradient on the step's top-q entropy tokens only (1 = all)
+    cov_mode: str = "none"  # none | clip (Clip-Cov) | kl (KL-Cov); loss ppo only
+    clip_cov_frac: float = 2e-4  # Clip-Cov: fraction of tokens detached
+    clip_cov_lb: float = 1.0  # Clip-Cov: covariance band lower bound (exclusive)
+    clip_cov_ub: float = 5.0  # Clip-Cov: covariance band upper bound (exclusive)
+    kl_cov_frac: float = 2e-3  # KL-Cov: fraction of tokens given the KL penalty
+    kl_cov_coef: float = 1.0  # KL-Cov: coefficient of |logp - old_logp|
+    mismatch_correction: str = "none"  # none | tis | mis: sampler/trainer mismatch (needs --recompute-old-logprobs)
+    mismatch_level: str = "token"  # token | sequence: pi_old / pi_sampler per token or per response
+    tis_cap: float = 2.0  # tis: weight min(ratio, cap)
+    mis_low: float = 0.5  # mis: drop tokens/responses with ratio < this
+    mis_high: float = 5.0  # mis: drop tokens/responses with ratio > this
     hicra_alpha: float | None = None  # HICRA amplification (0 = plain DAPO)
     hicra_tokens: str = "planning"  # planning | entropy | union: which tokens HICRA amplifies
     hicra_top_q: float = 0.2  # fraction of highest-entropy tokens per response for 'entropy'
@@ -152,6 +171,14 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         cfg.format_penalty = RewardConfig.overlong_factor if cfg.overlong_buffer else 0.0
     cfg.out_dir = cfg.out_dir or os.path.join("runs", f"{cfg.algo}-{time.strftime('%Y%m%d-%H%M%S')}")
     return cfg
+
+
+def loss_config(cfg: TrainConfig, level) -> LossConfig:
+    """The step's loss: the level's clip bounds unless --eps-low/--eps-high, Dr.GRPO's constant the level's length."""
+    return LossConfig(eps_low=cfg.eps_low if cfg.eps_low is not None else level.eps_low,
+                      eps_high=cfg.eps_high if cfg.eps_high is not None else level.eps_high, agg=cfg.agg,
+                      norm_len=level.max_len, kl_coef=cfg.kl_coef, entropy_coef=cfg.entropy_coef,
+                      **{k: getattr(cfg, k) for k in VARIANT_FIELDS})
 
 
 def reward_config(cfg: TrainConfig) -> RewardConfig:
@@ -350,10 +377,7 @@ def train(cfg, run: preflight.Run, rank, world, device, is_dist, is_master, stop
             break
         at_start = curriculum.state_dict(), ckpt.rng_state()  # what an abandoned step goes back to
         level = curriculum.level
-        eps_low = cfg.eps_low if cfg.eps_low is not None else level.eps_low
-        eps_high = cfg.eps_high if cfg.eps_high is not None else level.eps_high
-        loss_cfg = LossConfig(eps_low=eps_low, eps_high=eps_high, agg=cfg.agg, norm_len=level.max_len,
-                              kl_coef=cfg.kl_coef, entropy_coef=cfg.entropy_coef)
+        loss_cfg = loss_config(cfg, level)
         G, max_len = level.group_size, min(level.max_len, cfg.max_new_tokens)
         t0 = time.perf_counter()
 
@@ -381,7 +405,7 @@ def train(cfg, run: preflight.Run, rank, world, device, is_dist, is_master, stop
         lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
         ppo_epochs = cfg.ppo_epochs or level.ppo_epochs
         update = ppo_update(run.policy, run.optimizer, batch, cfg, loss_cfg, ppo_epochs, lr, world, is_dist, device,
-                            run.reference)
+                            run.reference, seed=cfg.seed * 1_000_003 + step * 1009 + rank * 101 + 7)
         if run.infer is not run.policy:  # refresh the inference copy once per step, in place, never per token
             refresh_inference_copy(run.policy, run.infer)
         update_s = time.perf_counter() - t1
@@ -400,6 +424,8 @@ def train(cfg, run: preflight.Run, rank, world, device, is_dist, is_master, stop
                            (rollout_s, update_s), ppo_epochs)
             row["level_changed"] = level_changed
             row.update(update_metrics(update["loss_stats"], update["token_stats"], run.initial_ppl))
+            if update.get("entropy_threshold") is not None:
+                row["entropy_threshold"] = update["entropy_threshold"]
             row["semantic_entropy"] = semantic_entropy(masker.matched_grams(texts)) + 0.0  # no "-0"
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
