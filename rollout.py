@@ -81,6 +81,7 @@ class Sample:
     token_ids: list[int]  # response only, never tokens after the stop
     logprobs: list[float]  # sampler logprob of each response token (see the module docstring)
     finish_reason: str  # "stop" | "length"
+    entropies: list[float] = field(default_factory=list)  # entropy of softmax(z / T) at each response token
 
 
 # ----------------------------------------------------------------------------- pages, sequences, stops
@@ -108,6 +109,7 @@ class Sequence:
     key: int  # uniform-stream key: splitmix64 of (seed, global sample index)
     tokens: list[int] = field(default_factory=list)  # response so far; the last one is not cached yet
     logprobs: list[float] = field(default_factory=list)
+    entropies: list[float] = field(default_factory=list)
     pages: list[int] = field(default_factory=list)  # KV pages owned, in position order
     cached: int = 0  # tokens whose K/V is in the pages = position of the next decode input
     finish_reason: str = ""
@@ -258,10 +260,10 @@ class Engine:
         pad = self.decoder.width
         rows = [[s.tokens[-1], s.cached, as_int64(s.key), len(s.tokens)] + s.pages + [self.decoder.scratch_page] *
                 (pad - len(s.pages)) for s in self.active]
-        tokens, logprobs = self.decoder.run(rows)
+        tokens, logprobs, entropies = self.decoder.run(rows)
         for seq in self.active:
             seq.cached += 1
-        self.record(self.active, tokens, logprobs)
+        self.record(self.active, tokens, logprobs, entropies)
         self.active = [s for s in self.active if not s.finish_reason]
         self.stats["decode_steps"] += 1
 
@@ -269,11 +271,12 @@ class Engine:
         """Sample one token per row of `batch` from logits (B, V); retire rows that stop (pages back to the pool)."""
         uniforms = uniform_draws([s.key for s in batch], [len(s.tokens) for s in batch])
         p = self.params
-        tokens, logprobs = sample_tokens(logits, p.temperature, p.top_k, p.top_p, uniforms)
-        self.record(batch, tokens.tolist(), logprobs.tolist())
+        tokens, logprobs, entropies = sample_tokens(logits, p.temperature, p.top_k, p.top_p, uniforms)
+        self.record(batch, tokens.tolist(), logprobs.tolist(), entropies.tolist())
 
-    def record(self, batch: list[Sequence], tokens: list[int], logprobs: list[float]):
-        for seq, token, logprob in zip(batch, tokens, logprobs):
+    def record(self, batch: list[Sequence], tokens: list[int], logprobs: list[float], entropies: list[float]):
+        for seq, token, logprob, entropy in zip(batch, tokens, logprobs, entropies):
+            seq.entropies.append(entropy)
             seq.tokens.append(token)
             seq.logprobs.append(logprob)
             if token in self.stop_ids or (self.stop_strings is not None and self.stop_strings.hit(seq.tokens)):
@@ -400,7 +403,8 @@ class Sampler:
         run.stats.update(peak_kv_tokens=run.pool.peak_in_use * self.page_size, kv_budget_tokens=pages * self.page_size,
                          page_size=self.page_size, kv_bytes_per_token=self.cache.bytes_per_token(), kv_pages=pages,
                          kv_pages_free=len(run.pool.free_pages), decode_mode=self.mode)
-        return [Sample(s.prompt_index, s.sample_index, s.tokens, s.logprobs, s.finish_reason) for s in sequences], run.stats
+        return [Sample(s.prompt_index, s.sample_index, s.tokens, s.logprobs, s.finish_reason, s.entropies)
+                for s in sequences], run.stats
 
 
 def generate(model, prompts: list[list[int]], params: SamplingParams, engine: EngineConfig = EngineConfig(),

@@ -116,13 +116,16 @@ def inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor, block: int = 256)
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, uniforms: torch.Tensor,
                   static: bool = False):
-    """Next token and its sampler logprob per row (definitions in the module docstring). (B, V) -> (B,), (B,)
+    """Next token, its sampler logprob and the distribution's entropy per row (definitions in the module
+    docstring). (B, V) -> (B,), (B,), (B,). The entropy is of softmax(z / T) (T = 1 when greedy), what the
+    trainer computes: H = logsumexp(z/T) - sum_v p_v z_v / T, from the same exponentials as the logprob.
     static=True: no host sync and shapes fixed by (B, V) (the CUDA-graph decode step)."""
     logits = logits.float()
     scaled = logits if temperature in (0, 1) else logits / temperature  # (B, V); T = 0 logprobs at T = 1
     peak = scaled.amax(-1, keepdim=True)  # (B, 1)
     unnormalised = (scaled - peak).exp_()  # (B, V), exp(z/T - max)
     total = unnormalised.sum(-1, keepdim=True)  # (B, 1)
+    mean_scaled = (unnormalised * scaled).sum(-1) / total[:, 0]  # (B,) E_p[z/T], before nucleus rescales in place
     if temperature == 0:
         tokens = logits.argmax(-1)  # (B,)
     elif top_k == 0 and top_p >= 1.0:
@@ -131,4 +134,4 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
         weights, token_ids = nucleus(unnormalised.div_(total), top_k, top_p, static)
         tokens = token_ids.gather(-1, inverse_cdf(weights, uniforms)[:, None])[:, 0]
     log_norm = (peak + total.log())[:, 0]  # (B,) logsumexp(z/T)
-    return tokens, scaled.gather(-1, tokens[:, None])[:, 0] - log_norm
+    return tokens, scaled.gather(-1, tokens[:, None])[:, 0] - log_norm, log_norm - mean_scaled

@@ -8,8 +8,8 @@ length 0, and their outputs are ignored.
 
 Per step the host writes one int64 row per sequence into a staging buffer
     [last token, cached tokens (= its position), row key (int64 bits), response position, page ids (P)]
-copies it to the device in one transfer, replays the bucket's graph, and reads back one (b, 2) fp64 block of
-(token, logprob): one host-to-device and one device-to-host copy per step, nothing else crosses. Stop checks
+copies it to the device in one transfer, replays the bucket's graph, and reads back one (b, 3) fp64 block of
+(token, logprob, entropy): one host-to-device and one device-to-host copy per step, nothing else crosses. Stop checks
 (EOS, stop strings) and page bookkeeping stay on the host, outside the graph (rollout.py).
 
 CUDA graphs: each bucket is warmed up (twice, on a side stream, writing only the scratch page) and captured once;
@@ -61,7 +61,7 @@ class StaticDecoder:
         pad = torch.tensor([self.pad_row()] * bucket, dtype=torch.int64)  # (b, HEADER + P)
         step = dict(staging=pad.pin_memory() if self.graphs else pad, graph=None)
         step["inputs"] = step["staging"].to(self.device) if self.graphs else step["staging"]
-        step["out"] = torch.zeros(bucket, 2, dtype=torch.float64, device=self.device)
+        step["out"] = torch.zeros(bucket, 3, dtype=torch.float64, device=self.device)
         if self.graphs:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
@@ -77,18 +77,20 @@ class StaticDecoder:
         return step
 
     def _forward(self, step: dict):
-        """The captured work: inputs (b, HEADER + P) int64 -> out (b, 2) fp64 = (next token, its logprob)."""
+        """The captured work: inputs (b, HEADER + P) int64 -> out (b, 3) fp64 = (next token, logprob, entropy)."""
         inputs = step["inputs"]
         tokens, cached, keys, positions = inputs[:, 0], inputs[:, 1], inputs[:, 2], inputs[:, 3]  # (b,) each
         meta = M.AttnMeta(cache=self.cache, block_table=inputs[:, HEADER:].to(torch.int32),
                           cache_seqlens=cached.to(torch.int32), static=True)
         logits = self.model(tokens, cached, meta)  # (b, V) fp32
         uniforms = uniform_draws_tensor(keys, positions)  # (b,) fp64
-        next_tokens, logprobs = sample_tokens(logits, self.temperature, self.top_k, self.top_p, uniforms, static=True)
-        step["out"].copy_(torch.stack([next_tokens.double(), logprobs.double()], 1))
+        next_tokens, logprobs, entropies = sample_tokens(logits, self.temperature, self.top_k, self.top_p, uniforms,
+                                                         static=True)
+        step["out"].copy_(torch.stack([next_tokens.double(), logprobs.double(), entropies.double()], 1))
 
-    def run(self, rows: list[list[int]]) -> tuple[list[int], list[float]]:
-        """rows: one staging row per active sequence (pad_row layout, len <= the largest bucket) -> tokens, logprobs."""
+    def run(self, rows: list[list[int]]) -> tuple[list[int], list[float], list[float]]:
+        """rows: one staging row per active sequence (pad_row layout, len <= the largest bucket) -> tokens,
+        logprobs, entropies."""
         step = self._step(bucket_for(len(rows)))
         staging = step["staging"]
         staging[:len(rows)] = torch.tensor(rows, dtype=torch.int64)
@@ -99,4 +101,4 @@ class StaticDecoder:
         else:
             self._forward(step)
         out = step["out"][:len(rows)].tolist()  # the one device-to-host copy (and sync) of the step
-        return [int(t) for t, _ in out], [lp for _, lp in out]
+        return [int(t) for t, _, _ in out], [lp for _, lp, _ in out], [h for _, _, h in out]

@@ -187,6 +187,7 @@ def test_static_decode_equals_eager_dynamic_decode(tiny_checkpoint, params):
         assert [s.token_ids for s in static] == [s.token_ids for s in eager]
         assert [s.finish_reason for s in static] == [s.finish_reason for s in eager]
         assert max(abs(a - b) for x, y in zip(static, eager) for a, b in zip(x.logprobs, y.logprobs)) < 1e-5
+        assert max(abs(a - b) for x, y in zip(static, eager) for a, b in zip(x.entropies, y.entropies)) < 1e-5
     if engine.kv_budget_tokens:
         assert stats["preemptions"] > 0
 

@@ -71,12 +71,13 @@ def test_greedy_matches_transformers_embedded_default(default_model, default_mod
 
 # 2. logprobs == teacher-forced full forward ------------------------------------------------------------------
 
-def teacher_forced_logprobs(model, prompt, response, temperature):
+def teacher_forced_logprobs(model, prompt, response, temperature, entropy=False):
     ids = torch.tensor(prompt + response)
     with torch.no_grad():
         logits = model(ids, torch.arange(len(ids)), M.AttnMeta.packed([len(ids)], "cpu"))  # (T, V)
     logp = F.log_softmax(logits / (temperature or 1.0), dim=-1)[len(prompt) - 1:-1]  # rows predicting the response
-    return logp.gather(-1, torch.tensor(response)[:, None])[:, 0]
+    chosen = logp.gather(-1, torch.tensor(response)[:, None])[:, 0]
+    return (chosen, -(logp.exp() * logp).sum(-1)) if entropy else chosen
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
@@ -85,9 +86,10 @@ def test_logprobs_match_teacher_forced_forward(tiny_checkpoint, temperature):
     prompts = random_prompts(ours.cfg.vocab_size, [4, 11, 7])
     params = R.SamplingParams(temperature=temperature, max_new_tokens=12, n=2, seed=3, ignore_eos=True)
     samples, _ = R.generate(ours, prompts, params, PAGE)
-    for s in samples:
-        ref = teacher_forced_logprobs(ours, prompts[s.prompt_index], s.token_ids, temperature)
+    for s in samples:  # the sampler's entropies are the trainer's too (softmax(z / T), T = 1 when greedy)
+        ref, ref_entropy = teacher_forced_logprobs(ours, prompts[s.prompt_index], s.token_ids, temperature, entropy=True)
         assert (torch.tensor(s.logprobs) - ref).abs().max().item() < 1e-4
+        assert (torch.tensor(s.entropies) - ref_entropy).abs().max().item() < 1e-4
 
 
 def test_logprobs_match_teacher_forced_forward_embedded_default(default_model):
@@ -115,7 +117,8 @@ def test_batch_invariance_with_slot_refill_and_preemption(tiny_checkpoint):
         assert_same_samples(tight, batch)
         if params.temperature == 0:
             alone = [R.generate(ours, [p], params, PAGE)[0][0] for p in prompts]
-            assert_same_samples([R.Sample(i, 0, s.token_ids, s.logprobs, s.finish_reason) for i, s in enumerate(alone)], batch)
+            assert_same_samples([R.Sample(i, 0, s.token_ids, s.logprobs, s.finish_reason, s.entropies)
+                                 for i, s in enumerate(alone)], batch)
 
 
 # 4. seeded sampling ------------------------------------------------------------------------------------------
@@ -168,7 +171,7 @@ def test_filtered_distribution_matches_brute_force(vocab, scale, top_k, top_p):
         want = torch.tensor(brute_force_filtered(logits[row], 0.8, top_k, top_p))
         got = S.filtered_probs(logits[row:row + 1], 0.8, top_k, top_p)[0]
         assert (got - want).abs().max().item() < 1e-6
-        tokens, _ = S.sample_tokens(logits[row:row + 1].expand(draws, vocab), 0.8, top_k, top_p, grid)
+        tokens, _, _ = S.sample_tokens(logits[row:row + 1].expand(draws, vocab), 0.8, top_k, top_p, grid)
         counts = torch.bincount(tokens, minlength=vocab).double()
         assert (counts - draws * want).abs().max().item() <= 1.0 + 1e-6  # inverse CDF on a grid: off by < 1
         assert counts[want == 0].sum() == 0
