@@ -1,19 +1,21 @@
 """The problems themselves: loading and validating them, their difficulty, and the prompts built from them.
 
 Data: `load_problems("math500,gsm8k_train,mine:/x/y.parquet,arith")` reads .jsonl, .json (a list) and
-.parquet files, data/<name>.jsonl benchmarks and the built-in arithmetic levels (fields: *_FIELDS, else
-the last \\boxed{} of `solution`; `solution` is also kept as the reference solution). Golds must pass
-reward.validate_gold; bad rows (not JSON, not UTF-8, no usable gold) are skipped, each named by file, line
-and id, and a file of mostly bad rows is refused (strict=True: any). Deviation: a trailing
+.parquet files, data/<name>.jsonl benchmarks and the built-in families, seeded: `arith` (5 arithmetic levels)
+and `words` (4 levels of word problems: one step, two steps, three steps, two steps and a distractor
+sentence, with varied names, objects and verbs), or one level of them (`arith3`, `words2`). Fields:
+*_FIELDS, else the last \\boxed{} of `solution`; `solution` is also kept as the reference solution.
+Golds must pass reward.validate_gold; bad rows (not JSON, not UTF-8, no usable gold) are skipped, each named
+by file, line and id, and a file of mostly bad rows is refused (strict=True: any). Deviation: a trailing
 "Please reason step by step, and put your final answer within \\boxed{}." (aime25) is stripped.
 
 Difficulty d in [0, 1] (0 = easiest), first match wins: a `difficulty` field; MATH `level` 1..5 ->
-(level - 1) / 4 (arithmetic levels likewise); the source (SOURCE_DIFFICULTY: gsm8k < math < minerva <
+(level - 1) / 4 (the built-in levels likewise); the source (SOURCE_DIFFICULTY: gsm8k < math < minerva <
 amc < olympiad < aime); estimate_difficulty(): 1 - pass rate of k policy samples, cached by problem id.
 Problems with none of these have d = None (curriculum.py uses them at every level).
 
 Prompts (build_prompt, PromptConfig.template): auto takes the source's own template (SOURCE_TEMPLATES:
-arith -> fewshot), else chat if the tokenizer has a chat template, else plain.
+arith -> fewshot, words -> fewshot-cot), else chat if the tokenizer has a chat template, else plain.
   chat     the tokenizer's chat template around "{problem} {suffix}" as one user turn. No system turn unless
            PromptConfig.system_prompt gives one: a default system turn the template adds by itself (Qwen2.5's
            "You are Qwen, created by Alibaba Cloud...", SmolLM2's) is located and removed (default_system_turn);
@@ -21,10 +23,14 @@ arith -> fewshot), else chat if the tokenizer has a chat template, else plain.
   plain    "{problem} {suffix}\\n".
   fewshot  FEWSHOT_PREFIX + "Question: {problem}\\nAnswer:", for base models; generation stops at
            "\\n\\nQuestion" (TEMPLATE_STOPS, via stop_strings), where the model would invent the next question.
+  fewshot-cot  the same with COT_PREFIX: examples that reason in words with the strategic grams' planning
+           phrases ("Let's think step by step", "so we need to", "Next", "Wait, let me check"), so a small
+           model's answers hold planning tokens for HICRA (measured: python compare.py --probe words).
 
 Used by train.py (training data and prompts), eval.py (the benchmarks and their prompts) and curriculum.py
 (which orders the problems into levels). No command line of its own; to load data and count the problems
-of each level: python curriculum.py --show hgrpo1 --data math500,arith
+of each level: python curriculum.py --show hgrpo1 --data math500,arith; to see how a model starts on them:
+python compare.py --probe words
 """
 import json
 import os
@@ -49,15 +55,21 @@ COPIED_INSTRUCTION = re.compile(r"\s*Please reason step by step, and put your fi
 SOURCE_TEMPLATES = {"arith": "fewshot", "words": "fewshot-cot"}
 FEWSHOT_PREFIX = ("Question: What is 3 + 5?\nAnswer: 3 + 5 = 8. The answer is \\boxed{8}.\n\n"
                   "Question: What is 6 * 2?\nAnswer: 6 * 2 = 12. The answer is \\boxed{12}.\n\n")
-# Chain of thought in words, with the planning phrases of the strategic-gram list ("let's", "step by step",
-# "need to", "next", "wait", "let me", "so") for the model to imitate: HICRA then has planning tokens to credit.
+# Chain of thought in words, one example per shape of the word problems, with the planning phrases of the
+# strategic-gram list ("let's", "step by step", "so", "need to", "next", "wait", "let me") for the model to
+# imitate: HICRA then has planning tokens to credit (about 20% of these answers' tokens).
 COT_PREFIX = ("Question: Mia has 3 apples. Mia buys 5 more apples. How many apples does Mia have now?\n"
-              "Answer: Let's think step by step. First, Mia has 3 apples. She buys 5 more, so we need to add: "
-              "3 + 5 = 8. So the answer is \\boxed{8}.\n\n"
+              "Answer: Let's think step by step. Mia has 3 apples. She buys 5 more, so we need to add: 3 + 5 = 8. "
+              "So the answer is \\boxed{8}.\n\n"
+              "Question: Ana has 6 shells. Tom has 2 fewer shells than Ana. How many shells does Tom have?\n"
+              "Answer: Let's think step by step. Ana has 6 shells. Tom has 2 fewer. Wait, fewer means we need to "
+              "subtract: 6 - 2 = 4. So the answer is \\boxed{4}.\n\n"
               "Question: Leo has 9 cards. Leo gives away 4 cards. Then Leo finds 2 more cards. How many cards does "
-              "Leo have now?\nAnswer: Let's think step by step. First, he gives away 4, so we need to subtract: "
-              "9 - 4 = 5. Next, he finds 2 more, so we need to add: 5 + 2 = 7. Wait, let me check: 9 - 4 + 2 = 7. "
-              "So the answer is \\boxed{7}.\n\n")
+              "Leo have now?\nAnswer: Let's think step by step. Leo gives away 4, so we need to subtract: 9 - 4 = 5. "
+              "Next, he finds 2 more, so we need to add: 5 + 2 = 7. So the answer is \\boxed{7}.\n\n"
+              "Question: Sam has 4 coins and Zoe has 7 coins. How many coins do they have together?\n"
+              "Answer: Let's think step by step. Sam has 4 and Zoe has 7, so let me add them: 4 + 7 = 11. "
+              "So the answer is \\boxed{11}.\n\n")  # every answer fits in 64 tokens (SmolLM2's tokenizer: 44-61)
 FEWSHOT_PREFIXES = {"fewshot": FEWSHOT_PREFIX, "fewshot-cot": COT_PREFIX}  # template -> examples before the question
 TEMPLATE_STOPS = {t: ["\n\nQuestion"] for t in FEWSHOT_PREFIXES}  # the model would go on to invent a next question
 TEMPLATES = ("auto", "chat", "plain", *FEWSHOT_PREFIXES)
@@ -70,7 +82,7 @@ class Problem:
     problem: str              # the question text, without an instruction suffix
     answer: str               # gold final answer, accepted by reward.validate_gold
     difficulty: float | None  # in [0, 1], 0 = easiest; None = unknown (used at every level)
-    source: str               # data source name: file stem, the "name:" of "name:path", or "arith"
+    source: str               # data source name: file stem, the "name:" of "name:path", "arith" or "words"
     location: str = ""        # where the row came from ("data/x.jsonl line 12"), for warnings that name it
     solution: str | None = None  # reference solution where the data has one (`solution`, GSM8K's text before ####)
     multiple_answers: bool = False  # the gold is a list of answers (OlympiadBench's `multiple_answers`)
@@ -96,7 +108,7 @@ def arithmetic_problems(level: int, n: int, seed: int) -> list[Problem]:
 NAMES = ("Sam", "Mia", "Leo", "Ana", "Tom", "Zoe", "Ben", "Ivy", "Max", "Eva", "Raj", "Kim", "Omar", "Lucy", "Noah",
          "Nina")
 OBJECTS = ("coins", "apples", "stickers", "marbles", "pencils", "books", "cards", "shells", "cookies", "balloons",
-           "stamps", "crayons")  # no name is part of another (the tests find them by word)
+           "stamps", "crayons")  # no object's name is part of another's (the tests find them by word)
 GAINS = ("gets {n} more {obj}", "finds {n} more {obj}", "buys {n} more {obj}", "is given {n} more {obj}",
          "picks up {n} more {obj}", "wins {n} more {obj}")
 LOSSES = ("gives away {n} {obj}", "loses {n} {obj}", "sells {n} {obj}", "gives {n} {obj} to {other}",
@@ -119,11 +131,11 @@ def _word_story(rng: random.Random, level: int) -> tuple[str, int]:
         form, a, b = rng.randrange(3), rng.randint(4, 9), rng.randint(2, 9)
         b = min(a - 1, b) if form == 2 else b
         return ONE_STEP[form].format(name=name, other=other, obj=obj, a=a, b=b), a - b if form == 2 else a + b
-    count = rng.randint(2, 9) if level == 1 else rng.randint(4, 12)
+    count, most = (rng.randint(2, 9), 9) if level == 1 else (rng.randint(3, 9), 5)  # steps of 2-5: sums stay small
     sentences = [f"{name} has {count} {obj}."]
     for step in range(WORD_LEVELS[level]):
         gain = count < 2 or rng.random() < 0.5
-        n = rng.randint(2, 9 if gain else min(9, count))
+        n = rng.randint(2, most if gain else min(most, count))
         phrase = rng.choice(GAINS if gain else LOSSES).format(n=n, obj=obj, other=other)
         sentences.append(f"{name} {phrase}." if step == 0 else f"{rng.choice(THEN)} {name} {phrase}.")
         count += n if gain else -n
@@ -322,7 +334,7 @@ def estimate_difficulty(problems: list[Problem], pass_rate_fn: Callable[[list[Pr
 class PromptConfig:
     template: str = "auto"  # auto | chat | plain | fewshot | fewshot-cot; auto: SOURCE_TEMPLATES, else chat, else plain
     suffix: str = "Let's think step by step and output the final answer within \\boxed{}."  # appended by chat and plain
-    system_prompt: str | None = None  # None: no system turn (a template's own is removed); 'default': keep it; else text
+    system_prompt: str | None = None  # None: no system turn (the template's own removed); 'default': keep it; else text
 
 
 def _template(problem: Problem, cfg: PromptConfig, tokenizer=None) -> str:
@@ -335,8 +347,9 @@ def _template(problem: Problem, cfg: PromptConfig, tokenizer=None) -> str:
 
 def build_prompt(problem: Problem, tokenizer, cfg: PromptConfig) -> str:
     """chat: the tokenizer's template around problem + suffix as one user turn, with no system turn unless
-    cfg.system_prompt asks for one; plain: "{problem} {suffix}\\n"; fewshot: FEWSHOT_PREFIX + "Question:
-    {problem}\\nAnswer:". plain and fewshot put a system prompt text, when given, first, then a blank line."""
+    cfg.system_prompt asks for one; plain: "{problem} {suffix}\\n"; fewshot, fewshot-cot: its FEWSHOT_PREFIXES
+    entry + "Question: {problem}\\nAnswer:". plain and the few-shot ones put a system prompt text, when given,
+    first, then a blank line."""
     template = _template(problem, cfg, tokenizer)
     system = cfg.system_prompt if cfg.system_prompt not in (None, SYSTEM_DEFAULT) else None
     if template in FEWSHOT_PREFIXES:

@@ -37,7 +37,7 @@ def runs(tmp_path):
     return a, b, d
 
 
-def test_run_summary_by_hand(runs):
+def test_run_summary_by_hand(runs, tmp_path):
     _, rows = C.read_run(runs[0])
     summary = C.run_summary(rows)
     assert summary["final level"] == 2 and summary["steps to L2"] == 2 and "steps to L3" not in summary
@@ -45,6 +45,13 @@ def test_run_summary_by_hand(runs):
     assert summary["pass-rate AUC"] == pytest.approx((0.2 + 0.6 + 0.1 + 0.3) / 4)
     assert summary["planning ratio"] == pytest.approx(0.2)  # the NaN step is left out: (0.1 + 0.2 + 0.3) / 3
     assert summary["semantic entropy"] == pytest.approx(1.0)
+    # down again (adaptive can go back), and a step logged twice (the last row counts): L1 0.2, L2 0.5, L1 0.6
+    down = make_run(tmp_path / "down", "hicra", [(0, 0.2, 0.1, 0.0), (1, 0.9, 0.1, 0.0), (0, 0.6, 0.1, 0.0)],
+                    extra=['{"step": 2, "level": 1, "pass_rate": 0.5}'])
+    summary = C.run_summary(C.read_run(down)[1])
+    assert summary["final level"] == 1 and summary["steps to L2"] == 1
+    assert summary["pass rate L1"] == pytest.approx(0.4) and summary["pass rate L2"] == pytest.approx(0.5)
+    assert summary["pass-rate AUC"] == pytest.approx((0.2 + 0.5 + 0.6) / 3)
 
 
 def test_table_means_and_sds_by_hand(runs, capsys):
