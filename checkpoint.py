@@ -238,7 +238,7 @@ def save(out_dir, step, full_state, hf_config, tokenizer, policy, optimizer, tra
         if is_master:
             with open(os.path.join(tmp, "complete.json"), "w") as f:
                 json.dump({"step": step, "run_id": run_id, "chunk_bytes": CHUNK_BYTES, "files": files}, f, indent=1)
-            _make_group_readable(tmp)
+            M.make_group_readable(tmp)
             os.replace(tmp, final)
             _rotate(out_dir, keep, run_id, final)
     except (Exception, CheckpointException) as e:  # dcp's errors are BaseExceptions
@@ -260,15 +260,6 @@ def _is_disk_full(error: BaseException | None) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
-
-
-def _make_group_readable(folder: str):
-    umask = os.umask(0)
-    os.umask(umask)
-    for d, _, files in os.walk(folder):
-        os.chmod(d, 0o777 & ~umask)
-        for f in files:
-            os.chmod(os.path.join(d, f), 0o666 & ~umask)
 
 
 def _rotate(out_dir: str, keep: int, run_id: str, saved: str):

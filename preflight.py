@@ -32,7 +32,8 @@ import torch
 import checkpoint as ckpt
 import model as M
 from cli import flag
-from curriculum import SCHEDULES, Curriculum, make_schedule
+import eval as evaluation
+from curriculum import SCHEDULES, ContextRule, Curriculum, make_curriculum, overlong_buffer_for
 import rollout as R
 from attention import BACKENDS
 from distributed import memory_plan, refresh_inference_copy, shard_policy
@@ -42,9 +43,10 @@ from problems import TEMPLATES, Problem, PromptConfig, build_prompt, load_proble
 from strategic_grams import PlanningMasker, load_grams
 
 # Fields a resumed run may change: where and how long it runs, how often it saves and logs, and compute layout
-# (micro-batching, sampler slots, prompt sharing, activation checkpointing change the update by rounding only).
+# (micro-batching, sampler slots, prompt sharing, activation checkpointing, precision and kernels change the update
+# by rounding only). Validation settings are not among them: the held-out problems are taken out of the training data.
 RESUME_MAY_CHANGE = {"out_dir", "resume", "total_steps", "stop_after", "save_every", "keep_checkpoints",
-                     "log_rollouts_every", "eval_every", "eval_data", "eval_limit", "reward_workers", "max_num_seqs",
+                     "log_rollouts_every", "reward_workers", "max_num_seqs",
                      "micro_batch_tokens", "share_prompt", "activation_checkpointing", "preset", "overwrite",
                      "precision", "attn", "decode", "kv_memory_fraction", "dist_timeout",
                      "allow_config_change"}
@@ -95,8 +97,19 @@ def validate(cfg, world: int = 1) -> None:
          "must be in [0, 1) (the ratio is clipped at 1 - eps_low)")
     need(cfg.eps_high is None or is_num(cfg.eps_high) and cfg.eps_high >= 0, "eps_high", "must be a number >= 0")
     if is_int(cfg.max_new_tokens):
-        need(is_int(cfg.overlong_buffer) and 0 <= cfg.overlong_buffer < cfg.max_new_tokens, "overlong_buffer",
-             f"must be in [0, --max-new-tokens {cfg.max_new_tokens}) (or -1: a quarter of it)")
+        need(is_int(cfg.overlong_buffer) and -1 <= cfg.overlong_buffer < cfg.max_new_tokens, "overlong_buffer",
+             f"must be -1 (a quarter of each level's length), 0 (off) or below --max-new-tokens {cfg.max_new_tokens}")
+    need(cfg.system_prompt is None or isinstance(cfg.system_prompt, str), "system_prompt", "must be text, default or none")
+    need(is_num(cfg.grams_drop) and 0 <= cfg.grams_drop < 1, "grams_drop", "must be in [0, 1)")
+    need(is_int(cfg.grams_seed), "grams_seed", "must be a whole number")
+    for field in ("adaptive_p_min", "adaptive_p_max", "context_cap"):
+        need(getattr(cfg, field) is None or is_int(getattr(cfg, field)) and getattr(cfg, field) >= 1, field,
+             "must be a whole number >= 1 (or none)")
+    if is_int(cfg.adaptive_p_min) and is_int(cfg.adaptive_p_max):
+        need(cfg.adaptive_p_min <= cfg.adaptive_p_max, "adaptive_p_max", f"must be >= --adaptive-p-min {cfg.adaptive_p_min}")
+    need(cfg.context_factor is None or is_num(cfg.context_factor) and cfg.context_factor > 1, "context_factor",
+         "must be a number > 1 (or none: off)")
+    need(is_num(cfg.context_threshold) and 0 <= cfg.context_threshold < 1, "context_threshold", "must be in [0, 1)")
     for field in ("schedule_overrides", "grams"):
         need(getattr(cfg, field) is None or os.path.isfile(getattr(cfg, field)), field, "must be an existing file")
     need(cfg.eval_data is None or isinstance(cfg.eval_data, str) and cfg.eval_data.strip(), "eval_data",
@@ -203,9 +216,10 @@ def check_resume(cfg, state: dict, folder: str) -> list[str]:
 # ----------------------------------------------------------------------------- input limits
 
 def fit_context(problems: list[Problem], tokenizer, prompt_cfg, cfg, context: int | None, where: str,
-                verbose: bool = True) -> list[Problem]:
-    """The problems whose prompt fits (module docstring); caps cfg.max_new_tokens when it would overflow the
-    context next to the longest prompt kept. `where` names the model config (for messages)."""
+                verbose: bool = True) -> tuple[list[Problem], int]:
+    """(The problems whose prompt fits (module docstring), the longest of their prompts in tokens); caps
+    cfg.max_new_tokens when it would overflow the context next to the longest prompt kept. `where` names the
+    model config (for messages)."""
     limit = cfg.max_prompt_tokens or math.inf
     if context:
         limit = min(limit, context - min(cfg.max_new_tokens, context // 2))
@@ -237,7 +251,7 @@ def fit_context(problems: list[Problem], tokenizer, prompt_cfg, cfg, context: in
             print(f"warning: --max-new-tokens {cfg.max_new_tokens} + the longest prompt ({longest} tokens) exceeds "
                   f"the model's context of {context} tokens ({where}): capped to {context - longest}")
         cfg.max_new_tokens = context - longest
-    return [problems[i] for i in kept]
+    return [problems[i] for i in kept], longest
 
 
 # ----------------------------------------------------------------------------- setup: data checks, then the model
@@ -262,39 +276,32 @@ class Run:
     sampler: R.Sampler  # the inference copy's sampler: KV pool and decode graphs kept across steps
 
 
-def load_tokenizer(folder: str):
-    if not any(os.path.exists(os.path.join(folder, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
-        raise ValueError(f"{folder}: no tokenizer files in the model folder")
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(folder)
-
-
 def setup_data(cfg, rank, world, is_master):
     """The model's config and tokenizer, the problems that fit its context, the level schedule and the curriculum,
     the grams and the validation problems: every check on the input before anything heavy."""
     folder = M.resolve_path(cfg.model)
     hf_config = M.read_hf_config(folder)
-    tokenizer = load_tokenizer(folder)
-    prompt_cfg = PromptConfig(template=cfg.template)
+    tokenizer = M.load_tokenizer(folder)
+    prompt_cfg = PromptConfig(template=cfg.template, system_prompt=cfg.system_prompt)
     context = hf_config.get("max_position_embeddings")
-    problems = fit_context(load_problems(cfg.data), tokenizer, prompt_cfg, cfg, context,
-                           os.path.join(folder, "config.json"), verbose=is_master)
-    levels = make_schedule(cfg.curriculum, cfg.total_steps, cfg.max_new_tokens, cfg.group_size,
-                           cfg.prompts_per_step, overrides=cfg.schedule_overrides)
-    for lv in levels:
+    problems, longest = fit_context(load_problems(cfg.data), tokenizer, prompt_cfg, cfg, context,
+                                    os.path.join(folder, "config.json"), verbose=is_master)
+    held_out = []
+    if cfg.eval_every:  # disjoint from what is trained on, by id and by text
+        problems, held_out = evaluation.validation_set(problems, cfg.eval_limit, cfg.seed, cfg.eval_data)
+    rule = None
+    if cfg.context_factor is not None:  # HICRA's context rule, capped where the model's context ends
+        cap = min(cfg.context_cap or 32768, context - longest if context else math.inf)
+        rule = ContextRule(cfg.context_factor, int(cap), cfg.context_threshold)
+    curriculum = make_curriculum(problems, cfg.curriculum, cfg.total_steps, cfg.max_new_tokens, cfg.group_size,
+                                 cfg.prompts_per_step, cfg.seed, rank, world, cfg.schedule_overrides,
+                                 cfg.adaptive_p_min, cfg.adaptive_p_max, rule, verbose=is_master)
+    for lv in curriculum.levels:
         if lv.prompts_per_step % world:
             raise ValueError(f"level {lv.name}: prompts_per_step {lv.prompts_per_step} is not a multiple of the "
                              f"{world} ranks")
-        if cfg.overlong_buffer >= min(lv.max_len, cfg.max_new_tokens):
-            raise ValueError(f"--overlong-buffer {cfg.overlong_buffer} must be below level {lv.name}'s response "
-                             f"length {min(lv.max_len, cfg.max_new_tokens)}")
-    curriculum = Curriculum(problems, levels, cfg.curriculum, seed=cfg.seed, rank=rank, world_size=world)
-    masker = PlanningMasker(tokenizer, load_grams(cfg.grams))
-    held_out = []
-    if cfg.eval_every:
-        pool = load_problems(cfg.eval_data or ("arith" if cfg.data == "arith" else "math500"), seed=cfg.seed + 1,
-                             verbose=False)
-        held_out = random.Random(cfg.seed).sample(pool, min(cfg.eval_limit, len(pool)))  # a spread over levels
+        overlong_buffer_for(lv, cfg.overlong_buffer)  # an --overlong-buffer no level can take: one line, now
+    masker = PlanningMasker(tokenizer, load_grams(cfg.grams, cfg.grams_drop, cfg.grams_seed))
     return folder, hf_config, tokenizer, prompt_cfg, curriculum, masker, held_out
 
 

@@ -63,9 +63,11 @@ NOTES = {  # where a recipe departs from its paper, or where the paper does not 
 }
 PRESETS = {  # hardware presets: values of fields left unset on the command line
     "cpu": dict(lr=2e-5, group_size=8, prompts_per_step=4, max_new_tokens=32, total_steps=48, data="arith",
-                curriculum="adaptive", micro_batch_tokens=4096, save_every=4, eval_every=0, share_prompt=True),
+                curriculum="adaptive", micro_batch_tokens=4096, save_every=4, eval_every=0, share_prompt=True,
+                activation_checkpointing=False),
     "gpu": dict(lr=1e-6, group_size=16, prompts_per_step=32, max_new_tokens=8192, total_steps=1000, data="gsm8k_train",
-                curriculum="none", micro_batch_tokens=32768, save_every=50, eval_every=50, share_prompt=False),
+                curriculum="none", micro_batch_tokens=32768, save_every=50, eval_every=50, share_prompt=False,
+                activation_checkpointing=True),  # 32K-token micro-batches: ~107 GB of activations at 1.5B without
 }
 EVAL_PROTOCOL = dict(k={"aime24": 32, "aime25": 32, "amc23": 4}, default_k=16, temperature=0.6, top_p=1.0)
 

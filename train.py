@@ -49,46 +49,31 @@ from distributed import all_sum, dist_cleanup, dist_init, full_state_dict, max_o
 import eval as evaluation
 import preflight
 from cli import add_dataclass_args, dataclass_from_args
-from curriculum import collect_groups
-from problems import build_prompt, stop_strings
+import experience
 from plot import open_metrics, plot_run, update_metrics, write_rollouts
 from loss import VARIANT_FIELDS, LossConfig, group_advantages
-from reward import RewardConfig, score_batch
-from rollout import Interrupted, SamplingParams
-from strategic_grams import semantic_entropy
+from reward import RewardConfig
+from recipes import ALGORITHMS, EVAL_PROTOCOL, PRESETS
+from rollout import Interrupted
 from update import Batch, ppo_update
-
-ALGORITHMS = {
-    "grpo": dict(agg="seq-mean-token-mean", eps_low=0.2, eps_high=0.2, dynamic_sampling=False, overlong_buffer=0, hicra_alpha=0.0),
-    "dapo": dict(agg="token-mean", dynamic_sampling=True, overlong_buffer=-1, hicra_alpha=0.0),  # clip: the level's 0.2/0.28
-    "hicra": dict(agg="token-mean", dynamic_sampling=True, overlong_buffer=-1, hicra_alpha=0.2),
-}
-PRESETS = {  # hardware presets: values of fields left unset on the command line
-    "cpu": dict(lr=2e-5, group_size=8, prompts_per_step=4, max_new_tokens=32, total_steps=48, data="arith",
-                curriculum="adaptive", micro_batch_tokens=4096, save_every=4, eval_every=0, share_prompt=True,
-                activation_checkpointing=False),
-    "gpu": dict(lr=1e-6, group_size=16, prompts_per_step=32, max_new_tokens=8192, total_steps=1000, data="gsm8k_train",
-                curriculum="none", micro_batch_tokens=32768, save_every=50, eval_every=50, share_prompt=True,
-                activation_checkpointing=True),  # 32K-token micro-batches need it: ~107 GB of activations at 1.5B without
-}
-
 
 @dataclass
 class TrainConfig:
     model: str = "default"  # HF checkpoint folder, or 'default' (embedded SmolLM2-135M-Instruct)
     out_dir: str = ""  # run folder (default runs/<algo>-<time>)
-    algo: str = "hicra"  # grpo | dapo | hicra (presets for the loss fields below)
+    algo: str = "hicra"  # a recipe (recipes.py): grpo | dapo | hicra | grpo-clip-higher | hicra-paper | hicra-llama | entropy-reg | hgrpo
     preset: str = ""  # cpu | gpu (default: gpu when CUDA is available; the choice is printed)
     data: str | None = None  # training data: 'arith', benchmark names, or files (comma-separated)
     curriculum: str | None = None  # none | deepscaler | hgrpo1 | hgrpo2 | adaptive
     schedule_overrides: str | None = None  # JSON file overriding level fields
     template: str = "auto"  # prompt template: auto | chat | plain | fewshot
+    system_prompt: str | None = None  # chat: none = no system turn (the template's default one is removed) | default | text
     total_steps: int | None = None  # optimizer steps
     prompts_per_step: int | None = None  # N: groups per step (all ranks together; a multiple of the ranks)
     group_size: int | None = None  # G: samples per prompt (>= 2)
     max_new_tokens: int | None = None  # response length cap (levels may lower it; capped to fit the model's context)
     max_prompt_tokens: int = 0  # skip problems with longer prompts (0: what the context leaves beside responses)
-    temperature: float = 1.0  # sampling temperature (the loss uses the same)
+    temperature: float | None = None  # sampling temperature, the loss uses the same (default 1; hgrpo: 0.6)
     top_p: float = 1.0  # nucleus sampling
     max_num_seqs: int = 256  # sampler slots
     lr: float | None = None  # AdamW learning rate (constant after warmup)
@@ -102,8 +87,8 @@ class TrainConfig:
     eps_low: float | None = None  # clip lower bound (default: the level's / algo's)
     eps_high: float | None = None  # clip upper bound
     kl_coef: float = 0.0  # k3 KL to the initial policy (grpo option; needs a reference copy)
-    entropy_coef: float = 0.0  # entropy bonus
-    adv_scale: str = "group"  # group | batch | none (Dr.GRPO)
+    entropy_coef: float | None = None  # entropy bonus on every response token (default 0; entropy-reg: 0.001)
+    adv_scale: str | None = None  # group (default) | batch | none (Dr.GRPO; HICRA's R - mean(R))
     loss: str = "ppo"  # ppo | gspo | cispo | sapo: the policy-gradient term (loss.py)
     gspo_eps_low: float = 3e-4  # gspo sequence-ratio clip: s >= 1 - this
     gspo_eps_high: float = 4e-4  # gspo sequence-ratio clip: s <= 1 + this
@@ -127,9 +112,16 @@ class TrainConfig:
     hicra_tokens: str = "planning"  # planning | entropy | union: which tokens HICRA amplifies
     hicra_top_q: float = 0.2  # fraction of highest-entropy tokens per response for 'entropy'
     grams: str | None = None  # strategic-gram JSON (default: the paper's list in data/)
+    grams_drop: float = 0.0  # SG sensitivity: drop this random fraction of the grams (HICRA: 0.3)
+    grams_seed: int = 0  # which grams --grams-drop drops
+    adaptive_p_min: int | None = None  # adaptive curriculum: shortest block of steps committed to a level (default 2)
+    adaptive_p_max: int | None = None  # adaptive curriculum: longest block (default 4)
+    context_factor: float | None = None  # HICRA's context rule: raise the response length by this once (none = off)
+    context_cap: int | None = None  # ... to at most this many tokens (default 32768, and the model's context)
+    context_threshold: float = 0.2  # ... when more than this fraction of a step's sampled responses is cut
     dynamic_sampling: bool | None = None  # drop zero-variance groups and resample (DAPO)
     max_sampling_rounds: int = 3  # extra generation rounds before training on what there is
-    overlong_buffer: int | None = None  # soft overlong penalty buffer in tokens (-1: a quarter of max length)
+    overlong_buffer: int | None = None  # soft overlong penalty over the last N tokens (-1: a quarter of each level's)
     format_penalty: float | None = None  # no boxed answer scores -this (default: 1 with the overlong penalty, else 0)
     reward_workers: int = 0  # processes for reward scoring
     recompute_old_logprobs: bool = False  # old logprobs from a forward pass instead of the sampler's
@@ -143,8 +135,8 @@ class TrainConfig:
     keep_checkpoints: int = 2  # how many checkpoints of this run to keep (>= 1)
     log_rollouts_every: int = 1  # write sample rollouts to rollouts.jsonl every K steps
     eval_every: int | None = None  # validation every K steps (0 = off)
-    eval_data: str | None = None  # validation problems (default: held-out arithmetic for 'arith', else math500)
-    eval_limit: int = 32  # validation problems
+    eval_data: str | None = None  # validation problems (default: held out of the training data); never overlap it
+    eval_limit: int = 32  # validation problems (k samples each, the papers' protocol: recipes.EVAL_PROTOCOL)
     resume: str | None = None  # 'auto' (newest usable checkpoint in --out-dir) or a checkpoint folder
     overwrite: bool = False  # start a new run in an --out-dir that holds one, deleting its metrics and checkpoints
     allow_config_change: bool = False  # resume even though loss/data/sampling flags differ from the checkpoint's
@@ -163,10 +155,11 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise ValueError("--resume auto needs --out-dir: the run folder to continue")
     fills = {**PRESETS[preset], **ALGORITHMS[cfg.algo]}
     cfg = dataclasses.replace(cfg, preset=preset, **{k: v for k, v in fills.items() if getattr(cfg, k) is None})
+    for field, default in (("temperature", 1.0), ("entropy_coef", 0.0), ("adv_scale", "group")):
+        if getattr(cfg, field) is None:
+            setattr(cfg, field, default)
     if cfg.precision == "auto":
         cfg.precision = "bf16" if torch.cuda.is_available() else "fp32"
-    if cfg.overlong_buffer == -1 and isinstance(cfg.max_new_tokens, int):
-        cfg.overlong_buffer = cfg.max_new_tokens // 4
     if cfg.format_penalty is None:  # no answer must never beat a wrong one that the overlong penalty hits
         cfg.format_penalty = RewardConfig.overlong_factor if cfg.overlong_buffer else 0.0
     cfg.out_dir = cfg.out_dir or os.path.join("runs", f"{cfg.algo}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -181,62 +174,7 @@ def loss_config(cfg: TrainConfig, level) -> LossConfig:
                       **{k: getattr(cfg, k) for k in VARIANT_FIELDS})
 
 
-def reward_config(cfg: TrainConfig) -> RewardConfig:
-    return RewardConfig(format_penalty=cfg.format_penalty, overlong_buffer=cfg.overlong_buffer)
-
-
-# ----------------------------------------------------------------------------- rollout
-
-def rollout(run: preflight.Run, cfg, step, rank, world, is_dist, stop):
-    """This rank's groups of the step: G samples per prompt, scored, dynamic sampling's rounds included.
-
-    When stop() turns True the sampler returns within one engine step and placeholder groups end the phase
-    at once, in the same collectives as the other ranks (the caller then abandons the step).
-    Returns (groups, rollout_stats over everything sampled, dynamic-sampling stats)."""
-    level, tokenizer, curriculum = run.curriculum.level, run.tokenizer, run.curriculum
-    G, max_len = level.group_size, min(level.max_len, cfg.max_new_tokens)
-    stats = {"generated_tokens": 0, "rounds": 0, "correct": 0, "responses": 0}
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-
-    def sample_and_score(batch):
-        placeholders = [dict(problem=p, prompt=[], samples=[], texts=[], results=[], rewards=list(range(G)))
-                        for p in batch]  # unequal rewards: dynamic sampling keeps them and stops asking
-        if stop():
-            return placeholders
-        texts = [build_prompt(p, tokenizer, run.prompt_cfg) for p in batch]
-        prompt_ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
-        params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=max_len, n=G,
-                                stop_token_ids=eos, stop_strings=stop_strings(run.prompt_cfg, batch),
-                                seed=cfg.seed * 1_000_003 + step * 1009 + rank * 101 + stats["rounds"])
-        stats["rounds"] += 1
-        try:
-            with torch.no_grad():  # the sampler keeps its KV pool and decode graphs across steps (and retries on OOM)
-                samples, gen_stats = run.sampler.generate(prompt_ids, params, tokenizer, should_stop=stop)
-        except Interrupted:
-            return placeholders
-        if stop():  # scoring can take a while too
-            return placeholders
-        stats["generated_tokens"] += gen_stats["generated_tokens"]
-        responses = [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in samples]
-        results = score_batch(responses, [p.answer for p in batch for _ in range(G)], reward_config(cfg),
-                              workers=cfg.reward_workers, response_lens=[len(s.token_ids) for s in samples],
-                              max_len=max_len)
-        stats["correct"] += sum(r.correct for r in results)
-        stats["responses"] += len(results)
-        return [dict(problem=batch[i], prompt=prompt_ids[i], samples=samples[i * G:(i + 1) * G],
-                     texts=responses[i * G:(i + 1) * G], results=results[i * G:(i + 1) * G],
-                     rewards=[r.score for r in results[i * G:(i + 1) * G]]) for i in range(len(batch))]
-
-    groups_per_rank = level.prompts_per_step // world
-    if cfg.dynamic_sampling:
-        groups, ds_stats = collect_groups(curriculum.next_prompts, sample_and_score, groups_per_rank,
-                                          cfg.max_sampling_rounds,
-                                          min_over_ranks=(lambda n: -max_over_ranks(-n)) if is_dist else None)
-    else:
-        groups = sample_and_score(curriculum.next_prompts(groups_per_rank))
-        ds_stats = {"dropped_fraction": float(np.mean([len(set(g["rewards"])) == 1 for g in groups]))}
-    return groups, stats, ds_stats
-
+# ----------------------------------------------------------------------------- the loop's phases
 
 def agree(flag: bool, is_dist: bool) -> bool:
     """True on every rank when it is True on any (one all-reduce)."""
@@ -266,19 +204,20 @@ def reward_traps(row: dict, seen: dict) -> list[str]:
             "(check --max-new-tokens, --overlong-buffer, --format-penalty)" for k in new]
 
 
-def step_row(step, level_index, level, max_len, groups, rollout_stats, ds_stats, update, sums, timings,
-             ppo_epochs) -> dict:
-    """metrics.jsonl row of one step (the means over sums: responses in the trained groups of all ranks)."""
+def step_row(step, level_index, level, max_len, groups, stats, update, sums, timings, ppo_epochs) -> dict:
+    """metrics.jsonl row of one step (the means over sums: responses in the trained groups of all ranks; pass_rate
+    and truncated_sampled over every response sampled)."""
     samples = [s for g in groups for s in g["samples"]]
     results = [r for g in groups for r in g["results"]]
     rollout_s, update_s = timings
     row = dict(step=step + 1, level=level_index, level_name=level.name, max_len=max_len,
                pass_rate=sums["correct_sampled"] / max(sums["sampled"], 1),
+               truncated_sampled=sums["truncated_sampled"] / max(sums["sampled"], 1),
                response_len_max=max((len(s.token_ids) for s in samples), default=0),
                reward_timeouts=sum(r.timed_out for r in results),
-               zero_variance_frac=ds_stats.get("dropped_fraction", 0.0), sampling_rounds=rollout_stats["rounds"],
+               zero_variance_frac=stats.get("dropped_fraction", 0.0), sampling_rounds=stats["rounds"],
                grad_norm=update["grad_norm"], skipped_updates=update["skipped"],
-               rollout_tok_s=rollout_stats["generated_tokens"] / rollout_s, rollout_s=rollout_s, update_s=update_s)
+               rollout_tok_s=stats["generated_tokens"] / rollout_s, rollout_s=rollout_s, update_s=update_s)
     n = sums["responses"]  # 0 when dynamic sampling kept no group: no means to log
     if n:
         trained_tokens = sum(len(g["prompt"]) + len(s.token_ids) for g in groups for s in g["samples"])
@@ -289,18 +228,44 @@ def step_row(step, level_index, level, max_len, groups, rollout_stats, ds_stats,
     return row
 
 
-def step_sums(groups, rollout_stats, cfg, is_dist) -> dict:
-    """Sums over all ranks: the trained groups' rewards, lengths, penalties; the pass rate over everything sampled."""
+def step_sums(groups, sampled, cfg, is_dist) -> dict:
+    """Sums over all ranks: the trained groups' rewards, lengths, penalties; over everything sampled: the pass rate
+    (the kept groups are biased: dynamic sampling drops the all-correct ones) and the truncation (context rule)."""
     samples = [s for g in groups for s in g["samples"]]
     results = [r for g in groups for r in g["results"]]
     texts = [t for g in groups for t in g["texts"]]
+    every = [s for g in sampled for s in g["samples"]]
     values = {"reward": sum(r.score for r in results), "correct": sum(r.correct for r in results),
               "boxed": sum(r.format_ok for r in results), "tokens": sum(len(s.token_ids) for s in samples),
               "truncated": sum(s.finish_reason == "length" for s in samples), "responses": len(results),
               "empty": sum(not t.strip() for t in texts),
               "length_penalty": sum(r.score - r.correct + (not r.format_ok) * cfg.format_penalty for r in results),
-              "correct_sampled": rollout_stats["correct"], "sampled": rollout_stats["responses"]}
+              "correct_sampled": sum(sum(g["correct"]) for g in sampled if g["samples"]), "sampled": len(every),
+              "truncated_sampled": sum(s.finish_reason == "length" for s in every)}
     return dict(zip(values, all_sum(list(values.values()), is_dist)))
+
+
+def choose_level(run, cfg, rank, world, is_dist, stop) -> dict:
+    """Adaptive curriculum, before a step: Algorithm 1's check on fresh rollouts (at a block boundary); returns the
+    probed pass rates, {"probe_L2": 0.8, ...} (empty mid-block and for the other schedules)."""
+    probed = {}
+
+    def evaluate(index):
+        rate = experience.probe_pass_rate(run, cfg, index, rank, world, is_dist, stop)
+        probed[f"probe_{run.curriculum.levels[index].name}"] = rate
+        return rate
+    run.curriculum.begin_step(evaluate if cfg.curriculum == "adaptive" else None)
+    return probed
+
+
+def validation(run, cfg, rank, world) -> dict:
+    """pass@1 / pass@k / maj@k on the held-out problems at the papers' protocol (k per source, temperature 0.6)."""
+    by_source = {}
+    for p in run.held_out:
+        by_source.setdefault(p.source, []).append(p)
+    val_cfg = evaluation.EvalConfig(k="paper", temperature=EVAL_PROTOCOL["temperature"], top_p=EVAL_PROTOCOL["top_p"],
+                                    max_new_tokens=cfg.max_new_tokens, template=cfg.template, progress=False)
+    return evaluation.validate(run.infer, run.tokenizer, by_source, val_cfg, rank, world, sampler=run.sampler)["average"]
 
 
 def print_step(row: dict, bar, traps: dict):
@@ -376,25 +341,18 @@ def train(cfg, run: preflight.Run, rank, world, device, is_dist, is_master, stop
         if curriculum.finished:
             break
         at_start = curriculum.state_dict(), ckpt.rng_state()  # what an abandoned step goes back to
-        level = curriculum.level
-        loss_cfg = loss_config(cfg, level)
-        G, max_len = level.group_size, min(level.max_len, cfg.max_new_tokens)
         t0 = time.perf_counter()
 
         # ---------------------------------------------------------- rollout + reward (dynamic sampling)
-        groups, rollout_stats, ds_stats = rollout(run, cfg, step, rank, world, is_dist, stop)
-        if agree(stop(), is_dist):  # a signal during the rollout: abandon the step, keep the last completed one
-            curriculum.load_state_dict(at_start[0])
-            ckpt.set_rng_state(at_start[1])
-            ended = f"by {stop.name or 'a signal on another rank'} during step {step + 1}'s rollout (abandoned)"
-            break
+        probed = choose_level(run, cfg, rank, world, is_dist, stop)  # adaptive: Algorithm 1 on fresh rollouts
+        level, level_index = curriculum.level, curriculum.level_index
+        max_len, G = experience.level_length(curriculum, level_index), level.group_size
+        groups, sampled, stats = experience.collect(run, cfg, step, rank, world, is_dist, stop, max_len)
         rollout_s = time.perf_counter() - t0
         samples = [s for g in groups for s in g["samples"]]
-        results = [r for g in groups for r in g["results"]]
-        texts = [t for g in groups for t in g["texts"]]
 
         # ---------------------------------------------------------- advantages + HICRA mask
-        rewards = torch.tensor([r.score for r in results], dtype=torch.float32)  # (B,)
+        rewards = torch.tensor([r.score for g in groups for r in g["results"]], dtype=torch.float32)  # (B,)
         batch = Batch(seqs=[(g["prompt"], s.token_ids) for g in groups for s in g["samples"]],
                       old_logprobs=[torch.tensor(s.logprobs, dtype=torch.float32) for s in samples],
                       seq_advantages=group_advantages(rewards, G, scale=cfg.adv_scale) if groups else rewards,  # (B,)
@@ -404,40 +362,52 @@ def train(cfg, run: preflight.Run, rank, world, device, is_dist, is_master, stop
         t1 = time.perf_counter()
         lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
         ppo_epochs = cfg.ppo_epochs or level.ppo_epochs
-        update = ppo_update(run.policy, run.optimizer, batch, cfg, loss_cfg, ppo_epochs, lr, world, is_dist, device,
-                            run.reference, seed=cfg.seed * 1_000_003 + step * 1009 + rank * 101 + 7)
+        try:  # a signal before the first optimizer step abandons the step, as during the rollout
+            if agree(stop(), is_dist):
+                raise Interrupted("rollout")
+            update = ppo_update(run.policy, run.optimizer, batch, cfg, loss_config(cfg, level), ppo_epochs, lr, world,
+                                is_dist, device, run.reference, seed=cfg.seed * 1_000_003 + step * 1009 + rank * 101 + 7,
+                                should_stop=stop)
+        except Interrupted as e:  # nothing was applied: back to the step's start, keep the last completed step
+            curriculum.load_state_dict(at_start[0])
+            ckpt.set_rng_state(at_start[1])
+            phase = "rollout" if str(e) == "rollout" else "update"
+            ended = f"by {stop.name or 'a signal on another rank'} during step {step + 1}'s {phase} (abandoned)"
+            break
         if run.infer is not run.policy:  # refresh the inference copy once per step, in place, never per token
             refresh_inference_copy(run.policy, run.infer)
         update_s = time.perf_counter() - t1
 
         # ---------------------------------------------------------- curriculum decision (same on every rank)
-        # pass rate over everything sampled: the kept groups are biased (dynamic sampling drops all-correct ones)
-        sums = step_sums(groups, rollout_stats, cfg, is_dist)
-        level_index = curriculum.level_index
+        sums = step_sums(groups, sampled, cfg, is_dist)
         level_changed = curriculum.end_step(sums["correct_sampled"] / max(sums["sampled"], 1))
+        context_raised = curriculum.observe_truncation(int(sums["truncated_sampled"]), int(sums["sampled"]))
+        sampled_row = experience.sampled_metrics(sampled, masker, is_dist)  # every rank: it gathers
         steps_done = step + 1
         stopping = agree(stop() or steps_done - run.start_step == cfg.stop_after, is_dist)
 
         # ---------------------------------------------------------- log
         if is_master:
-            row = step_row(step, level_index, level, max_len, groups, rollout_stats, ds_stats, update, sums,
-                           (rollout_s, update_s), ppo_epochs)
-            row["level_changed"] = level_changed
+            row = step_row(step, level_index, level, max_len, groups, stats, update, sums, (rollout_s, update_s),
+                           ppo_epochs)
+            row.update(level_changed=level_changed, **probed, **sampled_row)
             row.update(update_metrics(update["loss_stats"], update["token_stats"], run.initial_ppl))
             if update.get("entropy_threshold") is not None:
                 row["entropy_threshold"] = update["entropy_threshold"]
-            row["semantic_entropy"] = semantic_entropy(masker.matched_grams(texts)) + 0.0  # no "-0"
+            if context_raised:
+                row["context_raised"] = True
+                tqdm.write(f"step {steps_done}: {sums['truncated_sampled'] / sums['sampled']:.0%} of the responses hit "
+                           f"the length limit: maximum lengths raised (HICRA's context rule), level "
+                           f"{level.name} now {experience.level_length(curriculum, curriculum.level_index)} tokens")
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
             print_step(row, bar, traps)
             if cfg.log_rollouts_every and step % cfg.log_rollouts_every == 0:
-                write_rollouts(cfg.out_dir, step + 1, groups, masker, tokenizer)
+                write_rollouts(cfg.out_dir, step + 1, sampled, masker, tokenizer)  # dropped groups' failures too
 
         # ---------------------------------------------------------- validation (not when stopping: it takes a rollout)
         if cfg.eval_every and steps_done % cfg.eval_every == 0 and not stopping:
-            val_cfg = evaluation.EvalConfig(k="1", temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                                            template=cfg.template, progress=False)
-            val = evaluation.validate(run.infer, tokenizer, run.held_out, val_cfg, rank, world, sampler=run.sampler)["average"]
+            val = validation(run, cfg, rank, world)
             if is_master:
                 metrics_file.write(json.dumps({"step": steps_done, **{f"val_{k}": v for k, v in val.items()}}) + "\n")
                 tqdm.write(f"validation step {steps_done}: " + " ".join(f"{k}={v:.3g}" for k, v in val.items()))

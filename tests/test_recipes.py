@@ -10,17 +10,18 @@ import recipes as R
 PENDING_FIELDS = {"context_factor", "context_cap", "context_threshold"}
 
 
-def test_the_moved_presets_keep_train_pys_values():
-    assert R.ALGORITHMS["grpo"] == dict(agg="seq-mean-token-mean", eps_low=0.2, eps_high=0.2, dynamic_sampling=False,
-                                        overlong_buffer=0, hicra_alpha=0.0)
-    assert R.ALGORITHMS["dapo"] == dict(agg="token-mean", dynamic_sampling=True, overlong_buffer=-1, hicra_alpha=0.0)
-    assert R.ALGORITHMS["hicra"] == dict(agg="token-mean", dynamic_sampling=True, overlong_buffer=-1, hicra_alpha=0.2)
-    assert R.PRESETS["cpu"] == dict(lr=2e-5, group_size=8, prompts_per_step=4, max_new_tokens=32, total_steps=48,
-                                    data="arith", curriculum="adaptive", micro_batch_tokens=4096, save_every=4,
-                                    eval_every=0, share_prompt=True)
-    assert R.PRESETS["gpu"] == dict(lr=1e-6, group_size=16, prompts_per_step=32, max_new_tokens=8192, total_steps=1000,
-                                    data="gsm8k_train", curriculum="none", micro_batch_tokens=32768, save_every=50,
-                                    eval_every=50, share_prompt=False)
+def test_train_resolves_through_the_recipes(tmp_path):
+    """train.resolve fills what the command line leaves unset from the recipe, then the hardware preset: the
+    recipes' temperature / entropy / advantage fields are not shadowed by TrainConfig defaults."""
+    import train
+    hgrpo = train.resolve(train.TrainConfig(algo="hgrpo", preset="cpu", out_dir=str(tmp_path)))
+    assert (hgrpo.temperature, hgrpo.group_size, hgrpo.adv_scale, hgrpo.entropy_coef) == (0.6, 16, "group", 0.0)
+    entropy = train.resolve(train.TrainConfig(algo="entropy-reg", preset="cpu", out_dir=str(tmp_path)))
+    assert entropy.entropy_coef == 0.001 and entropy.adv_scale == "none" and entropy.temperature == 1.0
+    assert train.resolve(train.TrainConfig(algo="hgrpo", preset="cpu", temperature=0.9, out_dir="x")).temperature == 0.9
+    gpu, cpu = (train.resolve(train.TrainConfig(preset=p, out_dir=str(tmp_path))) for p in ("gpu", "cpu"))
+    assert gpu.activation_checkpointing and not cpu.activation_checkpointing  # 32K-token micro-batches need it
+    assert (cpu.lr, cpu.group_size, cpu.max_new_tokens, cpu.data) == (2e-5, 8, 32, "arith")
 
 
 def test_the_papers_recipes():

@@ -19,7 +19,10 @@ from conftest import ROOT
 EVERY_METRIC = ["reward", "accuracy", "boxed_rate", "response_len", "response_len_max", "truncated_frac",
                 "entropy", "clip_frac_low", "clip_frac_high", "approx_kl", "grad_norm", "zero_variance_frac",
                 "planning_token_ratio", "semantic_entropy", "planning_entropy", "execution_entropy", "planning_ppl",
-                "execution_ppl", "logprob_gap", "rollout_tok_s", "train_tok_s", "level", "skipped_updates"]
+                "execution_ppl", "logprob_gap", "rollout_tok_s", "train_tok_s", "level", "skipped_updates",
+                "conditional_entropy", "planning_high_entropy_frac", "high_entropy_planning_frac", "truncated_sampled",
+                "execution_rel_ppl"]  # planning_rel_ppl too once a response has a planning token
+PAPER_METRICS = ["pass_at_8", "probe_L1"]  # with G >= 8; the adaptive curriculum's fresh-rollout checks
 
 
 def run_train(out_dir, model, *extra):
@@ -230,7 +233,7 @@ BAD_FLAGS = [("--lr=-1e-3", "--lr -0.001: must be a number > 0"),
              ("--group-size=1", "--group-size 1: must be >= 2"), ("--ppo-epochs=0", "--ppo-epochs 0: must be >= 1"),
              ("--hicra-alpha=-1", "--hicra-alpha -1.0: must be a number >= 0"),
              ("--curriculum=nope", "--curriculum 'nope': must be one of"), ("--max-new-tokens=0", "--max-new-tokens 0"),
-             ("--overlong-buffer=12", "--overlong-buffer 12: must be in [0, --max-new-tokens 12)"),
+             ("--overlong-buffer=12", "--overlong-buffer 12: must be -1 (a quarter of each level's length), 0 (off) or below"),
              ("--grams=/nope.json", "--grams '/nope.json': must be an existing file"),
              ("--resume=/nope", "--resume '/nope': must be 'auto' or a checkpoint folder"),
              ("--seed=-1", "--seed -1: must be a whole number >= 0"), ("--eval-limit=0", "--eval-limit 0"),
@@ -347,7 +350,8 @@ def test_torn_lines_are_repaired_and_redone_rows_trimmed_on_resume(tmp_path, tin
     rows = run_train(tmp_path, tiny_chat_model, *common, "--resume", "auto")
     assert [r["step"] for r in rows] == [1, 2, 3]
     rollouts = [json.loads(line) for line in open(tmp_path / "rollouts.jsonl")]
-    assert [r["step"] for r in rollouts] == sorted(r["step"] for r in rollouts) and len(rollouts) == 3 * 4
+    assert [r["step"] for r in rollouts] == sorted(r["step"] for r in rollouts)
+    assert len(rollouts) == 3 * 8  # per step: the first group (4) and the failures of the other (4 more)
 
 
 def test_a_signal_during_a_save_stops_right_after_it(tmp_path, tiny_chat_model, monkeypatch, capsys):
@@ -368,14 +372,17 @@ def test_a_signal_during_a_save_stops_right_after_it(tmp_path, tiny_chat_model, 
 
 def test_an_empty_response_never_beats_a_wrong_boxed_one(tmp_path):
     """The default reward: no answer scores -1, a wrong boxed answer at worst -1 (the full overlong penalty)."""
+    import experience
+    from curriculum import make_schedule
     from reward import math_reward
     for algo in ("grpo", "dapo", "hicra"):
         cfg = train.resolve(train.TrainConfig(algo=algo, preset="cpu", out_dir=str(tmp_path)))
-        empty = math_reward("", "7", train.reward_config(cfg), response_len=1, max_len=cfg.max_new_tokens)
-        for length in range(1, cfg.max_new_tokens + 1):
-            wrong = math_reward("\\boxed{8}", "7", train.reward_config(cfg), response_len=length,
-                                max_len=cfg.max_new_tokens)
-            assert empty.score <= wrong.score, (algo, length)
+        for level in make_schedule(cfg.curriculum, cfg.total_steps, cfg.max_new_tokens, 8, 4):
+            reward_cfg = experience.reward_config(cfg, level, level.max_len)  # each level's own overlong buffer
+            empty = math_reward("", "7", reward_cfg, response_len=1, max_len=level.max_len)
+            for length in range(1, level.max_len + 1):
+                wrong = math_reward("\\boxed{8}", "7", reward_cfg, response_len=length, max_len=level.max_len)
+                assert empty.score <= wrong.score, (algo, level.name, length)
 
 
 def test_reward_traps_warn_once_each():
@@ -414,3 +421,16 @@ def test_every_loss_variant_trains(tmp_path, tiny_chat_model, options):
         assert all("entropy_threshold" in r for r in steps)
     if "--mismatch-correction" in options:
         assert all("mismatch_abs_mean" in r and "mismatch_weight_mean" in r for r in steps)
+
+
+def test_two_step_run_logs_the_papers_metrics(tmp_path, tiny_chat_model):
+    """A 2-step run with G = 8 on the adaptive curriculum logs every metric the HICRA / HGRPO figures use, over every
+    response sampled, Algorithm 1's probe of level 1, and validation at the papers' protocol (disjoint problems)."""
+    rows = run_train(tmp_path, tiny_chat_model, "--total-steps", "2", "--group-size", "8", "--curriculum", "adaptive",
+                     "--no-dynamic-sampling", "--eval-every", "2", "--eval-limit", "2", "--adaptive-p-min", "1",
+                     "--adaptive-p-max", "1", "--max-new-tokens", "64")
+    steps = [r for r in rows if "grad_norm" in r]
+    for key in EVERY_METRIC + PAPER_METRICS:
+        assert key in steps[-1], key
+    val = [r for r in rows if "val_pass@1" in r]
+    assert val and {"val_pass@k", "val_maj@k", "val_response_length"} <= set(val[0])
