@@ -434,3 +434,14 @@ def test_two_step_run_logs_the_papers_metrics(tmp_path, tiny_chat_model):
         assert key in steps[-1], key
     val = [r for r in rows if "val_pass@1" in r]
     assert val and {"val_pass@k", "val_maj@k", "val_response_length"} <= set(val[0])
+
+
+def test_context_rule_raises_the_length_once_and_resumes_raised(tmp_path, tiny_chat_model):
+    """HICRA's rule: more than the threshold of a step's responses cut -> every length x factor, once; the raise is
+    in the checkpoint, so a resumed run keeps the longer budget."""
+    common = ["--curriculum", "none", "--no-dynamic-sampling", "--max-new-tokens", "8", "--context-factor", "2",
+              "--context-threshold", "0.5"]  # a random tiny model never stops: every response is cut
+    run_train(tmp_path, tiny_chat_model, "--total-steps", "2", *common)
+    rows = run_train(tmp_path, tiny_chat_model, "--total-steps", "3", "--resume", "auto", *common)
+    assert [r["max_len"] for r in rows] == [8, 16, 16]
+    assert [r.get("context_raised", False) for r in rows] == [True, False, False]
