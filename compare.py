@@ -33,8 +33,15 @@ import sys
 import time
 from dataclasses import dataclass
 
+import torch
+
+import model as M
 from cli import add_dataclass_args, dataclass_from_args
 from plot import read_metrics
+from problems import PromptConfig, build_prompt, load_problems, stop_strings
+from reward import RewardConfig, score_batch
+from rollout import EngineConfig, SamplingParams, generate
+from strategic_grams import PlanningMasker, load_grams
 
 
 # ----------------------------------------------------------------------------- runs
@@ -202,10 +209,6 @@ class ProbeConfig:
 
 def probe_level(model, tokenizer, masker, problems, cfg: ProbeConfig) -> dict:
     """One level's row: sample k responses per problem as train.py's rollout does, score and mask them."""
-    import torch
-    from problems import PromptConfig, build_prompt, stop_strings
-    from reward import RewardConfig, score_batch
-    from rollout import EngineConfig, SamplingParams, generate
     prompt_cfg = PromptConfig(template=cfg.template)
     prompts = [tokenizer.encode(build_prompt(p, tokenizer, prompt_cfg), add_special_tokens=False) for p in problems]
     params = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, n=cfg.k, seed=cfg.seed,
@@ -231,9 +234,6 @@ def probe_level(model, tokenizer, masker, problems, cfg: ProbeConfig) -> dict:
 
 def probe(cfg: ProbeConfig) -> list[dict]:
     """The probe table's rows, one per difficulty of cfg.probe (printed as they come)."""
-    import model as M
-    from problems import load_problems
-    from strategic_grams import PlanningMasker, load_grams
     if min(cfg.per_level, cfg.k, cfg.max_new_tokens) < 1:
         raise ValueError("--per-level, --k and --max-new-tokens must be >= 1")
     problems = load_problems(cfg.probe, builtin_per_level=cfg.per_level, seed=cfg.seed, verbose=False)

@@ -120,7 +120,6 @@ def test_bad_run_folders_give_one_line_errors(runs, tmp_path, capsys):
 
 def test_probe_level_counts_by_hand(monkeypatch, default_model_path):
     """Fake samples whose tokens are all planning ("so so so") or none ("\\boxed{N}"): the ratio is then a count."""
-    import rollout
     from problems import Problem
     from strategic_grams import PlanningMasker, load_grams
     from transformers import AutoTokenizer
@@ -137,7 +136,7 @@ def test_probe_level_counts_by_hand(monkeypatch, default_model_path):
         samples = [Sample(i // 2, i % 2, ids, [0.0] * len(ids), "length" if ids is plan else "stop")
                    for i, ids in enumerate(responses)]
         return samples, {"generated_tokens": sum(map(len, responses))}
-    monkeypatch.setattr(rollout, "generate", fake_generate)
+    monkeypatch.setattr(C, "generate", fake_generate)
     cfg = C.ProbeConfig(probe="words", k=2, temperature=0.7)
     row = C.probe_level(None, tokenizer, masker, problems, cfg)
     assert seen == dict(prompts=2, n=2, stops=["\n\nQuestion"], T=0.7)  # the words template's stop string
