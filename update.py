@@ -33,8 +33,8 @@ import torch
 
 import model as M
 from distributed import all_gather_1d, all_sum, max_over_ranks
-from loss import (amplify_mask, hicra_advantages, high_entropy_threshold, mismatch_weights, policy_loss,
-                  token_advantages)
+from loss import amplify_mask, hicra_advantages, policy_loss, token_advantages
+from pg_variants import high_entropy_threshold, mismatch_weights
 from rollout import Interrupted
 
 
