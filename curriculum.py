@@ -1,4 +1,4 @@
-"""Training order: HGRPO level schedules over difficulty and response length, iteration, dynamic sampling.
+"""Training order: HGRPO level schedules over difficulty and response length, HICRA's context rule, iteration.
 
 The problems themselves (loading, difficulty d in [0, 1], prompts) are in problems.py. A level trains on
 the problems whose d lies in its closed range; problems with no difficulty are used at every level
@@ -38,18 +38,14 @@ multiplied by `factor`, at most `cap` (HICRA: 16K -> 32K), and its overlong buff
 Iteration (Curriculum): epoch e of level l is the permutation of its pool seeded by (seed, l, e), so the
 state is a few integers and a resume continues the exact sequence. A step's global batch is the next
 n * world_size prompts, rank r taking slice r; pass rates given to end_step / returned by evaluate are
-already reduced over ranks, so all ranks decide alike. Dynamic sampling (collect_groups, DAPO / GRPO+):
-keep a group iff 0 < #correct < G (the papers' rule on correctness, so a group that is all correct and
-differs only by the length penalty is dropped), sample ceil(missing * oversample) more, after max_rounds
-extra rounds train on what is there, warn once.
+already reduced over ranks, so all ranks decide alike. Dynamic sampling, which draws from next_prompts, is the
+step's data collection (experience.collect_groups).
 Run: python curriculum.py --show hgrpo1 --total-steps 1000 --max-len 8192   (also --data, --overrides)
 """
 import argparse
 import json
-import math
 import random
 import sys
-import warnings
 from dataclasses import astuple, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -374,55 +370,6 @@ def make_curriculum(problems: list[Problem], schedule: str, total_steps: int, ma
         return Curriculum(problems, levels, schedule, seed, rank, world_size, verbose=verbose, context=context)
     except ValueError as e:
         raise ValueError(f"{e} (levels as set by {overrides})" if overrides else str(e)) from None
-
-
-# ----------------------------------------------------------------------------- dynamic sampling
-def _field(group, name: str):
-    return group.get(name) if isinstance(group, dict) else getattr(group, name, None)
-
-
-def group_correct(group) -> list[bool]:
-    """One bool per response: `correct`, else the `.correct` of each of its `results` (train.py's groups)."""
-    if (correct := _field(group, "correct")) is None and (results := _field(group, "results")) is not None:
-        correct = [r.correct for r in results]
-    if correct is None:
-        raise ValueError("collect_groups: a group needs `correct` (one bool per response) or `results` (.correct)")
-    return [bool(c) for c in correct]
-
-
-def collect_groups(next_prompts: Callable[[int], list], sample_and_score: Callable[[list], list], n_groups: int,
-                   max_rounds: int, oversample: float = 1.0, min_over_ranks: Callable[[int], int] | None = None,
-                   sampled_groups: list | None = None) -> tuple[list, dict]:
-    """Keep groups with 0 < #correct < G (correctness from group_correct; `rewards` for the stats) until
-    n_groups, in at most 1 + max_rounds rounds. Distributed runs pass min_over_ranks (all_reduce MIN) so all
-    ranks run the same rounds with the same prompt counts, keeping their curricula in lockstep. The stats
-    cover every sampled group, dropped ones included: mean_reward, pass_rate (the unbiased rate for
-    end_step), all_correct / none_correct group counts; `sampled_groups`, when given, receives every group."""
-    min_over_ranks = min_over_ranks or (lambda x: x)
-    kept, rewards, correct, rounds = [], [], [], 0
-    while (missing := n_groups - min_over_ranks(len(kept))) > 0:
-        if rounds > max_rounds:
-            warnings.warn("dynamic sampling: batch not full after max_rounds extra rounds (too many groups all "
-                          "correct or all wrong); training on the groups collected. Raise max_rounds or oversample, "
-                          "or change the data's difficulty.", RuntimeWarning, stacklevel=2)
-            break
-        prompts = next_prompts(math.ceil(missing * (oversample if rounds else 1.0)))
-        groups = sample_and_score(prompts)
-        if len(groups) != len(prompts):
-            raise ValueError(f"sample_and_score returned {len(groups)} groups for {len(prompts)} prompts")
-        if sampled_groups is not None:
-            sampled_groups += groups
-        verdicts = [group_correct(g) for g in groups]
-        kept += [g for g, c in zip(groups, verdicts) if 0 < sum(c) < len(c)]
-        rewards += [list(_field(g, "rewards") or []) for g in groups]
-        correct, rounds = correct + verdicts, rounds + 1
-    flat, right = [x for r in rewards for x in r], [x for c in correct for x in c]
-    all_correct, none_correct = sum(all(c) for c in correct), sum(not any(c) for c in correct)
-    return kept[:n_groups], {"rounds": rounds, "sampled": len(correct), "kept": min(len(kept), n_groups),
-                             "dropped": all_correct + none_correct, "all_correct": all_correct,
-                             "none_correct": none_correct,
-                             "dropped_fraction": (all_correct + none_correct) / max(len(correct), 1),
-                             "mean_reward": sum(flat) / max(len(flat), 1), "pass_rate": sum(right) / max(len(right), 1)}
 
 
 # ----------------------------------------------------------------------------- command line

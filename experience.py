@@ -4,7 +4,7 @@ curriculum's fresh-rollout probes, and the metrics over every response sampled (
     collect(...)        the step's groups: G responses per prompt from the sampler (rollout.Sampler over the
                         inference copy), scored against the gold (reward.score_batch with the level's length
                         budget and soft overlong buffer K^l); with dynamic sampling, groups with 0 < #correct < G
-                        are kept and more are sampled until the batch is full (curriculum.collect_groups)
+                        are kept and more are sampled until the batch is full (collect_groups)
     probe_pass_rate     HGRPO Algorithm 1's check of a level on a fresh rollout (curriculum.begin_step calls it):
                         G samples on the level's probe prompts, pass rate over all ranks
     sampled_metrics     over EVERY response sampled in the step, dropped groups and all ranks included: pass@8
@@ -15,11 +15,19 @@ A group is a dict: problem, prompt (ids), samples (rollout.Sample), texts, resul
 rewards, correct. Seeds derive from (seed, step, rank, round), so a rerun or a resume samples the same.
 When stop() turns True the sampler returns within one engine step and placeholder groups end the phase at
 once, in the same collectives as the other ranks (the caller then abandons the step).
+
+Dynamic sampling (collect_groups, DAPO / GRPO+): keep a group iff 0 < #correct < G (the papers' rule on
+correctness, so a group that is all correct and differs only by the length penalty is dropped), sample
+ceil(missing * oversample) more, after max_rounds extra rounds train on what is there, warn once.
 """
+import math
+import warnings
+from typing import Callable
+
 import torch
 import torch.distributed as dist
 
-from curriculum import collect_groups, overlong_buffer_for, raised_length
+from curriculum import overlong_buffer_for, raised_length
 from distributed import all_gather_1d, all_sum, max_over_ranks
 from problems import build_prompt, stop_strings
 from reward import RewardConfig, score_batch
@@ -71,6 +79,54 @@ def sample_groups(run, cfg, prompts, max_len: int, reward_cfg: RewardConfig, gro
                            results=results[rows], rewards=[r.score for r in results[rows]],
                            correct=[r.correct for r in results[rows]]))
     return groups
+
+
+def _field(group, name: str):
+    return group.get(name) if isinstance(group, dict) else getattr(group, name, None)
+
+
+def group_correct(group) -> list[bool]:
+    """One bool per response: `correct`, else the `.correct` of each of its `results` (train.py's groups)."""
+    if (correct := _field(group, "correct")) is None and (results := _field(group, "results")) is not None:
+        correct = [r.correct for r in results]
+    if correct is None:
+        raise ValueError("collect_groups: a group needs `correct` (one bool per response) or `results` (.correct)")
+    return [bool(c) for c in correct]
+
+
+def collect_groups(next_prompts: Callable[[int], list], sample_and_score: Callable[[list], list], n_groups: int,
+                   max_rounds: int, oversample: float = 1.0, min_over_ranks: Callable[[int], int] | None = None,
+                   sampled_groups: list | None = None) -> tuple[list, dict]:
+    """Keep groups with 0 < #correct < G (correctness from group_correct; `rewards` for the stats) until
+    n_groups, in at most 1 + max_rounds rounds. Distributed runs pass min_over_ranks (all_reduce MIN) so all
+    ranks run the same rounds with the same prompt counts, keeping their curricula in lockstep. The stats
+    cover every sampled group, dropped ones included: mean_reward, pass_rate (the unbiased rate for
+    end_step), all_correct / none_correct group counts; `sampled_groups`, when given, receives every group."""
+    min_over_ranks = min_over_ranks or (lambda x: x)
+    kept, rewards, correct, rounds = [], [], [], 0
+    while (missing := n_groups - min_over_ranks(len(kept))) > 0:
+        if rounds > max_rounds:
+            warnings.warn("dynamic sampling: batch not full after max_rounds extra rounds (too many groups all "
+                          "correct or all wrong); training on the groups collected. Raise max_rounds or oversample, "
+                          "or change the data's difficulty.", RuntimeWarning, stacklevel=2)
+            break
+        prompts = next_prompts(math.ceil(missing * (oversample if rounds else 1.0)))
+        groups = sample_and_score(prompts)
+        if len(groups) != len(prompts):
+            raise ValueError(f"sample_and_score returned {len(groups)} groups for {len(prompts)} prompts")
+        if sampled_groups is not None:
+            sampled_groups += groups
+        verdicts = [group_correct(g) for g in groups]
+        kept += [g for g, c in zip(groups, verdicts) if 0 < sum(c) < len(c)]
+        rewards += [list(_field(g, "rewards") or []) for g in groups]
+        correct, rounds = correct + verdicts, rounds + 1
+    flat, right = [x for r in rewards for x in r], [x for c in correct for x in c]
+    all_correct, none_correct = sum(all(c) for c in correct), sum(not any(c) for c in correct)
+    return kept[:n_groups], {"rounds": rounds, "sampled": len(correct), "kept": min(len(kept), n_groups),
+                             "dropped": all_correct + none_correct, "all_correct": all_correct,
+                             "none_correct": none_correct,
+                             "dropped_fraction": (all_correct + none_correct) / max(len(correct), 1),
+                             "mean_reward": sum(flat) / max(len(flat), 1), "pass_rate": sum(right) / max(len(right), 1)}
 
 
 def collect(run, cfg, step: int, rank: int, world: int, is_dist: bool, stop, max_len: int):

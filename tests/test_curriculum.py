@@ -1,5 +1,5 @@
-"""curriculum.py: schedules, adaptive rule, dynamic sampling, resume and rank sharding. Every expected value
-is written out by hand or recomputed here independently (steps by arithmetic)."""
+"""curriculum.py: schedules, adaptive rule, resume and rank sharding; experience.py's dynamic sampling. Every
+expected value is written out by hand or recomputed here independently (steps by arithmetic)."""
 import json
 import random
 import re
@@ -11,6 +11,7 @@ import pytest
 import curriculum as C  # tests/conftest.py puts the repository root on sys.path
 import problems as P
 from curriculum import Curriculum
+from experience import collect_groups, group_correct
 from problems import Problem
 
 
@@ -151,7 +152,7 @@ class Scripted:
 
 def test_dynamic_sampling_keeps_only_mixed_groups_and_counts():
     s = Scripted()
-    groups, stats = C.collect_groups(s.next_prompts, s.sample_and_score, n_groups=4, max_rounds=10)
+    groups, stats = collect_groups(s.next_prompts, s.sample_and_score, n_groups=4, max_rounds=10)
     assert [g.id for g in groups] == [2, 5, 8, 11]
     assert s.asked == [4, 3, 2, 1, 1, 1]  # by hand: each round asks for the groups still missing
     assert stats == {"rounds": 6, "sampled": 12, "kept": 4, "dropped": 8, "all_correct": 4, "none_correct": 4,
@@ -163,7 +164,7 @@ def test_dynamic_sampling_stops_at_the_cap_and_warns_once():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         for _ in range(2):
-            groups, stats = C.collect_groups(s.next_prompts, s.sample_and_score, 4, max_rounds=2, oversample=1.5)
+            groups, stats = collect_groups(s.next_prompts, s.sample_and_score, 4, max_rounds=2, oversample=1.5)
     assert groups == [] and stats["rounds"] == 3 and stats["sampled"] == 4 + 6 + 6 and stats["dropped_fraction"] == 1
     assert s.asked == [4, 6, 6] * 2
     assert len([w for w in caught if "dynamic sampling" in str(w.message)]) == 1
@@ -172,8 +173,8 @@ def test_dynamic_sampling_stops_at_the_cap_and_warns_once():
 def test_dynamic_sampling_truncates_and_follows_the_slowest_rank():
     s = Scripted(lambda i: [0, 1])
     reports = iter([0, 0])  # the other rank: nothing kept before round 1, nor after it
-    groups, stats = C.collect_groups(s.next_prompts, s.sample_and_score, 3, 5,
-                                     min_over_ranks=lambda k: min(k, next(reports, k)))
+    groups, stats = collect_groups(s.next_prompts, s.sample_and_score, 3, 5,
+                                   min_over_ranks=lambda k: min(k, next(reports, k)))
     assert [g.id for g in groups] == [0, 1, 2] and s.asked == [3, 3] and stats["kept"] == 3 and stats["sampled"] == 6
 
 
@@ -236,16 +237,16 @@ def test_dynamic_sampling_keeps_groups_by_correctness_not_by_reward_spread():
     rewards = {0: [1, 1, 1, 0.99], 1: [1, 0.99, 0, 0], 2: [0, 0, -0.5, 0], 3: [0.5, 0.5, 0.5, 0.5]}
     correct = {0: [True] * 4, 1: [True, True, False, False], 2: [False] * 4, 3: [True, False, False, False]}
     s = Scripted(lambda i: rewards[i % 4], correct=lambda i: correct[i % 4])
-    groups, _ = C.collect_groups(s.next_prompts, s.sample_and_score, 2, max_rounds=5)
+    groups, _ = collect_groups(s.next_prompts, s.sample_and_score, 2, max_rounds=5)
     assert [g.id for g in groups] == [1, 3]  # equal rewards but one correct answer (3) is kept too
     s, sampled = Scripted(lambda i: rewards[i % 4], correct=lambda i: correct[i % 4]), []
-    groups, stats = C.collect_groups(s.next_prompts, s.sample_and_score, 2, max_rounds=5, sampled_groups=sampled)
+    groups, stats = collect_groups(s.next_prompts, s.sample_and_score, 2, max_rounds=5, sampled_groups=sampled)
     assert [g.id for g in sampled] == [0, 1, 2, 3] and s.asked == [2, 1, 1]  # 1 kept, then 0, then 1
     assert stats["all_correct"] == 1 and stats["none_correct"] == 1 and stats["pass_rate"] == (4 + 2 + 0 + 1) / 16
     results = [SimpleNamespace(correct=c) for c in (True, True)]  # train.py's groups: correctness from results
-    assert C.group_correct({"results": results, "rewards": [1, 0.99]}) == [True, True]
+    assert group_correct({"results": results, "rewards": [1, 0.99]}) == [True, True]
     with pytest.raises(ValueError, match="needs `correct`"):
-        C.group_correct({"rewards": [1, 0]})
+        group_correct({"rewards": [1, 0]})
 
 
 # ----------------------------------------------------------------------------- per-level overlong buffer
