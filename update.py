@@ -2,7 +2,7 @@
 micro-batches, one AdamW step per epoch (train.py calls `ppo_update` once per step).
 
     [pre-pass, no grad, at theta_old: old_b = the trainer's logprobs (recompute), H_b = token entropies (80/20)]
-    tau = high_entropy_threshold(H of every micro-batch on every rank, q)     (80/20 only; loss.py)
+    tau = high_entropy_threshold(H of every micro-batch on every rank, q)     (80/20 only; pg_variants.py)
     for epoch in 1..mu:  for micro-batch b:  loss_b = policy_loss(logp_b, old_b, A'_b, mask_b, sampler_b, tau)
                                              (loss.py), normalised by the STEP's global token / sequence counts
                          backward(loss_b * world)        (FSDP averages gradients over ranks; this undoes it)
@@ -18,7 +18,7 @@ micro-batches, FSDP's empty slots included) only with recompute or top_entropy_q
 quantile over the whole step on all ranks, so it must exist before the first micro-batch's gradient (computing old
 logprobs inside epoch 0's forward, as this file did before, cannot give it). With neither option nothing changes:
 no extra forward, the same loss and gradients bit for bit.
-Mismatch metrics (loss.mismatch_weights: |old - sampler|, sequence-ratio range, masked fraction) are logged every
+Mismatch metrics (pg_variants.mismatch_weights: |old - sampler|, sequence-ratio range, masked fraction) are logged every
 step: by policy_loss from the recomputed old logprobs, or, without recompute (where old IS the sampler's, so a
 correction is refused), from epoch 0's forward, which runs at theta_old. Clip-Cov draws from one seeded generator
 per step, used by the micro-batches in a fixed order, so a rerun or a resume chooses the same tokens.
