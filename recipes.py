@@ -2,7 +2,8 @@
 the evaluation protocol.
 
 A recipe is a dict of TrainConfig fields (train.py) that fills every field left unset on the command line;
-the command line always wins. train.py resolves a run as  command line > ALGORITHMS[--algo] > PRESETS[--preset].
+the command line always wins. train.py resolves a run as  command line > TASK_PRESETS (the preset's values for a
+built-in task) > ALGORITHMS[--algo] > PRESETS[--preset].
 A field a recipe sets takes effect only where TrainConfig's default for it is None ("unset").
 
 Algorithms (the same loss, loss.py; clip bounds left out come from the curriculum level, 0.2 / 0.28):
@@ -22,6 +23,7 @@ elsewhere; temperature 0.6, top-p 1.0.
     python recipes.py              # every recipe with its values and notes
     python recipes.py hicra-paper  # one of them
 """
+import re
 import sys
 
 ALGORITHMS = {
@@ -69,12 +71,20 @@ PRESETS = {  # hardware presets: values of fields left unset on the command line
                 curriculum="none", micro_batch_tokens=32768, save_every=50, eval_every=50, share_prompt=False,
                 activation_checkpointing=True),  # 32K-token micro-batches: ~107 GB of activations at 1.5B without
 }
+# A hardware preset's values for one built-in task family (its levels too: words2): the word problems' chain of
+# thought needs 64 tokens where the arithmetic answers fit in 32.
+TASK_PRESETS = {"cpu": {"words": dict(max_new_tokens=64)}}
 EVAL_PROTOCOL = dict(k={"aime24": 32, "aime25": 32, "amc23": 4}, default_k=16, temperature=0.6, top_p=1.0)
 
 
 def paper_k(benchmark: str) -> int:
     """Samples per problem of the papers' protocol: 32 on AIME24/25, 4 on AMC23, 16 elsewhere."""
     return EVAL_PROTOCOL["k"].get(benchmark, EVAL_PROTOCOL["default_k"])
+
+
+def task_preset(preset: str, data: str) -> dict:
+    """TASK_PRESETS' values for `data` when it names one built-in family or level ("words", "words2"), else {}."""
+    return TASK_PRESETS.get(preset, {}).get(re.sub(r"\d+$", "", data), {})
 
 
 def describe(name: str) -> str:

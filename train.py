@@ -14,7 +14,8 @@ Distributed: FSDP2 (fully_shard per block and root), bf16 params with fp32 reduc
 CPU (gloo). The loss divides by the step's global token/sequence counts, so gradients are summed, not
 averaged, across ranks (the loss is scaled by world size to undo FSDP's mean).
 Deviation: the default CPU preset (no GPU) uses lr 2e-5, G = 8, N = 4 and 32-token answers on the
-built-in arithmetic levels so that the demo learns in minutes; the GPU preset keeps the papers' values.
+built-in arithmetic levels so that the demo learns in minutes (64 tokens for the word problems' chain of thought,
+--data words); the GPU preset keeps the papers' values.
 
     python train.py                                  # CPU demo on the embedded SmolLM2-135M
     python train.py --algo dapo --curriculum hgrpo1 --model PATH --data math500
@@ -53,7 +54,7 @@ import experience
 from plot import open_metrics, plot_run, update_metrics, write_rollouts
 from loss import VARIANT_FIELDS, LossConfig, group_advantages
 from reward import RewardConfig
-from recipes import ALGORITHMS, EVAL_PROTOCOL, PRESETS
+from recipes import ALGORITHMS, EVAL_PROTOCOL, PRESETS, task_preset
 from rollout import Interrupted
 from update import Batch, ppo_update
 
@@ -154,6 +155,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.resume == "auto" and not cfg.out_dir:
         raise ValueError("--resume auto needs --out-dir: the run folder to continue")
     fills = {**PRESETS[preset], **ALGORITHMS[cfg.algo]}
+    fills.update(task_preset(preset, cfg.data or fills["data"]))
     cfg = dataclasses.replace(cfg, preset=preset, **{k: v for k, v in fills.items() if getattr(cfg, k) is None})
     for field, default in (("temperature", 1.0), ("entropy_coef", 0.0), ("adv_scale", "group")):
         if getattr(cfg, field) is None:

@@ -59,3 +59,13 @@ def test_eval_protocol_and_the_command_line(capsys):
     assert all(printed.count(f"\n{name}: ") + printed.startswith(f"{name}: ") == 1 for name in R.ALGORITHMS)
     with pytest.raises(SystemExit, match="recipe 'nope' unknown"):
         R.main(["nope"])
+
+
+def test_word_problems_get_the_cpu_presets_64_tokens_unless_given():
+    train = pytest.importorskip("train")
+    resolved = {data: train.resolve(train.TrainConfig(data=data, preset="cpu")).max_new_tokens
+                for data in ("words", "words3", "arith", "arith2", "words,arith", "math500")}
+    assert resolved == {"words": 64, "words3": 64, "arith": 32, "arith2": 32, "words,arith": 32, "math500": 32}
+    assert train.resolve(train.TrainConfig(data="words", preset="cpu", max_new_tokens=48)).max_new_tokens == 48
+    assert train.resolve(train.TrainConfig(data="words", preset="gpu")).max_new_tokens == 8192
+    assert train.resolve(train.TrainConfig(preset="cpu")).max_new_tokens == 32  # the default data is arith
