@@ -17,6 +17,20 @@ TINY = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_lay
 CHAT = dict(vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=2)  # the embedded tokenizer's ids
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models are all small ops: one thread is faster, and immune to a second busy core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_prompts(vocab, lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
 def make_tiny_checkpoint(folder, family="llama", tie=False, seed=0, **overrides):
     """A random transformers model of `family` saved to `folder` (config.json + model.safetensors)."""
     import transformers

@@ -14,21 +14,11 @@ import distributed
 import model as M
 import rollout as R
 import sampling as S
-from conftest import ROOT
+from conftest import ROOT, random_prompts
 from logprobs import chunked_logprobs_entropy, logits_fp32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def random_prompts(vocab, lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # RoPE ---------------------------------------------------------------------------------------------------------

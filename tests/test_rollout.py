@@ -8,22 +8,12 @@ import torch.nn.functional as F
 import model as M
 import rollout as R
 import sampling as S
+from conftest import random_prompts
 
 PAGE = R.EngineConfig(page_size=4)  # small pages: every row spans several, scattered through the pool
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are all small ops: one thread is faster, and immune to a second busy core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def random_prompts(vocab, lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def greedy(max_new_tokens, **kw):
