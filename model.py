@@ -9,7 +9,8 @@ heads share H_kv key/value heads), rotate-half RoPE with inv_freq_i = theta^(-2i
 
 The model always works on a flat list of N tokens (no padding anywhere), laid out as attention.py's
 `AttnMeta` says: packed causal sequences (training, prefill) or one decode token per row over a paged KV
-cache (rollout.py owns page allocation); flash-attn on CUDA, SDPA elsewhere, one semantics.
+cache (rollout.py owns page allocation); on CUDA PyTorch's own FlashAttention
+(torch.nn.attention.varlen) or the flash-attn package, SDPA elsewhere, one semantics.
 
 `forward(..., targets=...)` returns per-token log p(target) and entropy of softmax(logits / T), computed
 in chunks of rows with a hand-written backward (logprobs.py), so the [N, V] fp32 logits never

@@ -2,8 +2,9 @@
 
 train.py combines each step's micro-batch statistics here (update_metrics: token-weighted means, exact
 planning/execution statistics over the step's tokens, relative perplexity), appends them to metrics.jsonl
-(open_metrics first drops a torn last line and the rows past the checkpoint a resumed run restarts from:
-repair_jsonl, which train.py also runs on rollouts.jsonl), and writes sample rollouts with their planning
+(MetricsLog first drops a torn last line and the rows past the checkpoint a resumed run restarts from:
+repair_jsonl, which train.py also runs on rollouts.jsonl; with --log-to it also sends them to TensorBoard and/or
+Weights & Biases), and writes sample rollouts with their planning
 spans to rollouts.jsonl (write_rollouts: the first group whole, and failures of the others for error_types.py).
 The figure (matplotlib, optional dependency):
 
@@ -72,11 +73,59 @@ def repair_jsonl(path: str, max_step: int) -> tuple[int, int]:
     return torn, later
 
 
-def open_metrics(out_dir, start_step):
-    """metrics.jsonl for appending, repaired first (repair_jsonl: no torn line, no rows past start_step)."""
-    path = os.path.join(out_dir, "metrics.jsonl")
-    repair_jsonl(path, start_step)
-    return open(path, "a")
+TRACKERS = ("tensorboard", "wandb")  # --log-to: optional copies of metrics.jsonl's rows, neither package required
+
+
+def tracker_error(names: list[str]) -> str | None:
+    """Why --log-to cannot be honoured here (unknown name, package missing), or None: checked before the model loads."""
+    for name in names:
+        if name not in TRACKERS:
+            return f"--log-to: unknown tracker {name!r} (choose from {', '.join(TRACKERS)})"
+        module = "torch.utils.tensorboard" if name == "tensorboard" else "wandb"
+        try:
+            __import__(module)
+        except ImportError as e:
+            return f"--log-to {name} needs the {name} package ({e}): pip install {name}"
+    return None
+
+
+class MetricsLog:
+    """metrics.jsonl for appending, repaired first (repair_jsonl: no torn line, no rows past start_step), and the
+    same rows to each tracker of --log-to: TensorBoard event files in RUN/tensorboard, a Weights & Biases run in
+    RUN/wandb (offline unless WANDB_MODE says otherwise, so no network is needed; `wandb sync` uploads it later;
+    a resumed run continues the same wandb run: its id is the run's id). Numbers only; each row at its step."""
+
+    def __init__(self, out_dir: str, start_step: int, trackers=(), config: dict | None = None, run_id: str = ""):
+        path = os.path.join(out_dir, "metrics.jsonl")
+        repair_jsonl(path, start_step)
+        self.file, self.tensorboard, self.wandb = open(path, "a"), None, None
+        if "tensorboard" in trackers:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=start_step + 1)
+        if "wandb" in trackers:
+            import wandb
+            os.makedirs(os.path.join(out_dir, "wandb"), exist_ok=True)
+            self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "hicra-rl"), dir=out_dir, config=config,
+                                    mode=os.environ.get("WANDB_MODE", "offline"), id=run_id or None, resume="allow",
+                                    name=os.path.basename(os.path.abspath(out_dir)))
+
+    def write(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        numbers = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)}
+        if self.tensorboard is not None:
+            for key, value in numbers.items():
+                self.tensorboard.add_scalar(key, value, row["step"])
+            self.tensorboard.flush()
+        if self.wandb is not None:
+            self.wandb.log(numbers, step=row["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 def update_metrics(loss_stats, token_stats, initial_ppl) -> dict:

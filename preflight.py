@@ -38,7 +38,7 @@ import rollout as R
 from attention import BACKENDS
 from distributed import memory_plan, refresh_inference_copy, shard_policy
 from loss import ADV_SCALES, AGG_MODES, AMPLIFY_MODES, VARIANT_FIELDS, LossConfig
-from plot import repair_jsonl
+from plot import repair_jsonl, tracker_error
 from problems import TEMPLATES, Problem, PromptConfig, build_prompt, load_problems
 from strategic_grams import PlanningMasker, load_grams
 
@@ -121,6 +121,9 @@ def validate(cfg, world: int = 1) -> None:
     need(is_num(cfg.kv_memory_fraction) and 0 < cfg.kv_memory_fraction <= 1, "kv_memory_fraction", "must be in (0, 1]")
     need(is_num(cfg.dist_timeout) and cfg.dist_timeout > 0, "dist_timeout", "must be a number of seconds > 0")
     need(cfg.resume in (None, "auto") or os.path.isdir(cfg.resume), "resume", "must be 'auto' or a checkpoint folder")
+    trackers = [t.strip() for t in cfg.log_to.split(",") if t.strip()] if isinstance(cfg.log_to, str) else [None]
+    if (problem := tracker_error(trackers)) is not None:
+        bad.append(problem)
     need(not (cfg.overwrite and cfg.resume), "overwrite", "starts a new run: it cannot be combined with --resume")
     need(cfg.mismatch_correction == "none" or cfg.recompute_old_logprobs, "mismatch_correction",
          "needs --recompute-old-logprobs (without it the old logprobs are the sampler's: nothing to correct)")

@@ -35,13 +35,11 @@ empty or unboxed response never scores above a wrong boxed one however long (0 -
 """
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -51,7 +49,7 @@ import eval as evaluation
 import preflight
 from cli import add_dataclass_args, dataclass_from_args
 import experience
-from plot import open_metrics, plot_run, update_metrics, write_rollouts
+from plot import MetricsLog, plot_run, update_metrics, write_rollouts
 from loss import VARIANT_FIELDS, LossConfig, group_advantages
 from reward import RewardConfig
 from recipes import ALGORITHMS, EVAL_PROTOCOL, PRESETS, task_preset
@@ -64,10 +62,10 @@ class TrainConfig:
     out_dir: str = ""  # run folder (default runs/<algo>-<time>)
     algo: str = "hicra"  # a recipe (recipes.py): grpo | dapo | hicra | grpo-clip-higher | hicra-paper | hicra-llama | entropy-reg | hgrpo
     preset: str = ""  # cpu | gpu (default: gpu when CUDA is available; the choice is printed)
-    data: str | None = None  # training data: 'arith', benchmark names, or files (comma-separated)
+    data: str | None = None  # training data: 'arith', 'words' (or one level: arith3, words2), benchmark names, files
     curriculum: str | None = None  # none | deepscaler | hgrpo1 | hgrpo2 | adaptive
     schedule_overrides: str | None = None  # JSON file overriding level fields
-    template: str = "auto"  # prompt template: auto | chat | plain | fewshot
+    template: str = "auto"  # prompt template: auto | chat | plain | fewshot | fewshot-cot
     system_prompt: str | None = None  # chat: none = no system turn (the template's default one is removed) | default | text
     total_steps: int | None = None  # optimizer steps
     prompts_per_step: int | None = None  # N: groups per step (all ranks together; a multiple of the ranks)
@@ -135,6 +133,7 @@ class TrainConfig:
     save_every: int | None = None  # checkpoint every K steps
     keep_checkpoints: int = 2  # how many checkpoints of this run to keep (>= 1)
     log_rollouts_every: int = 1  # write sample rollouts to rollouts.jsonl every K steps
+    log_to: str = ""  # also send metrics to: tensorboard, wandb (comma-separated; optional packages; wandb offline)
     eval_every: int | None = None  # validation every K steps (0 = off)
     eval_data: str | None = None  # validation problems (default: held out of the training data); never overlap it
     eval_limit: int = 32  # validation problems (k samples each, the papers' protocol: recipes.EVAL_PROTOCOL)
@@ -335,7 +334,8 @@ def train(cfg, run: preflight.Run, rank, world, device, is_dist, is_master, stop
     metrics_file = None
     if is_master:
         preflight.claim_run_folder(cfg, run.start_step)
-        metrics_file = open_metrics(cfg.out_dir, run.start_step)
+        metrics_file = MetricsLog(cfg.out_dir, run.start_step, [t.strip() for t in cfg.log_to.split(",") if t.strip()],
+                                  dataclasses.asdict(cfg), run.run_id)
     bar = tqdm(range(run.start_step, cfg.total_steps), initial=run.start_step, total=cfg.total_steps,
                disable=not is_master, desc="train", dynamic_ncols=True)
     saved, steps_done, ended, traps = run.resumed_from, run.start_step, None, {}
@@ -401,8 +401,7 @@ def train(cfg, run: preflight.Run, rank, world, device, is_dist, is_master, stop
                 tqdm.write(f"step {steps_done}: {sums['truncated_sampled'] / sums['sampled']:.0%} of the responses hit "
                            f"the length limit: maximum lengths raised (HICRA's context rule), level "
                            f"{level.name} now {experience.level_length(curriculum, curriculum.level_index)} tokens")
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
+            metrics_file.write(row)
             print_step(row, bar, traps)
             if cfg.log_rollouts_every and step % cfg.log_rollouts_every == 0:
                 write_rollouts(cfg.out_dir, step + 1, sampled, masker, tokenizer)  # dropped groups' failures too
@@ -411,7 +410,7 @@ def train(cfg, run: preflight.Run, rank, world, device, is_dist, is_master, stop
         if cfg.eval_every and steps_done % cfg.eval_every == 0 and not stopping:
             val = validation(run, cfg, rank, world)
             if is_master:
-                metrics_file.write(json.dumps({"step": steps_done, **{f"val_{k}": v for k, v in val.items()}}) + "\n")
+                metrics_file.write({"step": steps_done, **{f"val_{k}": v for k, v in val.items()}})
                 tqdm.write(f"validation step {steps_done}: " + " ".join(f"{k}={v:.3g}" for k, v in val.items()))
 
         # ---------------------------------------------------------- checkpoint

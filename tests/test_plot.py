@@ -2,6 +2,7 @@
 update_metrics with the statistics on the GPU."""
 import json
 import math
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -135,3 +136,79 @@ def test_update_metrics_with_the_stats_on_the_gpu_equals_the_host():
     assert on_gpu.keys() == on_host.keys()
     for key, value in on_host.items():
         assert isinstance(on_gpu[key], float) and on_gpu[key] == pytest.approx(value, rel=1e-6), key
+
+
+class FakeTrackers:
+    """Stand-ins for torch.utils.tensorboard and wandb that record what MetricsLog sends them."""
+
+    def __init__(self):
+        self.calls = []
+        tracker = self
+
+        class SummaryWriter:
+            def __init__(self, folder, purge_step=None):
+                tracker.calls.append(("tb-open", folder.rsplit("/", 1)[-1], purge_step))
+
+            def add_scalar(self, key, value, step):
+                tracker.calls.append(("tb", key, value, step))
+
+            def flush(self):
+                pass
+
+            def close(self):
+                tracker.calls.append(("tb-close",))
+
+        class Run:
+            def log(self, values, step):
+                tracker.calls.append(("wandb", values, step))
+
+            def finish(self):
+                tracker.calls.append(("wandb-finish",))
+
+        def init(**kwargs):
+            tracker.calls.append(("wandb-init", kwargs["mode"], kwargs["id"], kwargs["config"]))
+            return Run()
+
+        self.tensorboard = SimpleNamespace(SummaryWriter=SummaryWriter)
+        self.wandb = SimpleNamespace(init=init)
+
+
+def test_metrics_log_sends_each_row_to_the_trackers(tmp_path, monkeypatch):
+    fake = FakeTrackers()
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake.tensorboard)
+    monkeypatch.setitem(sys.modules, "wandb", fake.wandb)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "reward": 0.5}\n{"step": 2, "reward": 0.7}\n{"step": 3, "rew')
+    log = plot.MetricsLog(str(tmp_path), 1, ["tensorboard", "wandb"], {"lr": 1e-6}, "run-7")
+    log.write({"step": 2, "reward": 0.25, "level_name": "L1", "nan": float("nan"), "level": 0})
+    log.close()
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2] and rows[1]["level_name"] == "L1"  # repaired, then appended
+    assert fake.calls == [("tb-open", "tensorboard", 2), ("wandb-init", "offline", "run-7", {"lr": 1e-6}),
+                          ("tb", "reward", 0.25, 2), ("tb", "level", 0, 2), ("wandb", {"reward": 0.25, "level": 0}, 2),
+                          ("tb-close",), ("wandb-finish",)]
+
+
+def test_tracker_errors_name_the_flag_and_the_fix(monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import raises ImportError
+    assert plot.tracker_error([]) is None
+    assert "unknown tracker 'mlflow'" in plot.tracker_error(["mlflow"])
+    assert plot.tracker_error(["wandb"]).startswith("--log-to wandb needs the wandb package")
+    assert plot.tracker_error(["wandb"]).endswith("pip install wandb")
+
+
+def test_real_tensorboard_and_wandb_offline_runs(tmp_path, monkeypatch):
+    """With the packages installed: the event file holds the rows, and an offline wandb run folder is written."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    log = plot.MetricsLog(str(tmp_path), 0, ["tensorboard", "wandb"], {"lr": 1e-6}, "abc123")
+    for step, reward in ((1, 0.5), (2, -0.25)):
+        log.write({"step": step, "reward": reward})
+    log.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("reward")] == [(1, 0.5), (2, -0.25)]
+    assert any(p.name.startswith("offline-run-") and p.name.endswith("-abc123") for p in (tmp_path / "wandb").iterdir())

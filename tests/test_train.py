@@ -241,7 +241,8 @@ BAD_FLAGS = [("--lr=-1e-3", "--lr -0.001: must be a number > 0"),
              ("--weight-decay=-1", "--weight-decay -1.0"), ("--kl-coef=-1", "--kl-coef -1.0"),
              ("--format-penalty=-1", "--format-penalty -1.0"), ("--hicra-top-q=0", "--hicra-top-q 0.0"),
              ("--max-prompt-tokens=-1", "--max-prompt-tokens -1"), ("--save-every=-1", "--save-every -1"),
-             ("--lr=nan", "--lr nan: must be a number > 0")]
+             ("--lr=nan", "--lr nan: must be a number > 0"),
+             ("--log-to=tensorboard,mlflow", "--log-to: unknown tracker 'mlflow' (choose from tensorboard, wandb)")]
 
 
 @pytest.mark.parametrize("bad,expected", BAD_FLAGS)
