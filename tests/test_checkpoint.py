@@ -218,6 +218,7 @@ STOP_SCRIPT = """
 import os, signal, sys, time
 sys.path.insert(0, {root!r})
 import checkpoint as ckpt
+before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN when started in the background
 with ckpt.StopSignal() as stop:
     os.kill(os.getpid(), signal.{first})
     time.sleep(0.2)
@@ -226,7 +227,7 @@ with ckpt.StopSignal() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)
         print("still running", flush=True)
-print("handler restored", signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
+print("handler restored", signal.getsignal(signal.SIGINT) is before, flush=True)
 """
 
 
