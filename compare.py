@@ -116,9 +116,7 @@ def _row_order(key: str) -> tuple[int, int]:
 def table(summaries: dict[str, list[dict]]) -> str:
     """Markdown table, one column per group: "mean +- sd" over the group's runs that have the number; "(m/n)"
     when only m of its n runs do (e.g. m of them reached that level); "-" when none does."""
-    keys = []
-    for runs in summaries.values():
-        keys += [k for run in runs for k in run if k not in keys]
+    keys = list(dict.fromkeys(k for runs in summaries.values() for run in runs for k in run))  # each row once
     lines = ["| | " + " | ".join(summaries) + " |", "| --- |" + " --- |" * len(summaries),
              "| runs | " + " | ".join(str(len(runs)) for runs in summaries.values()) + " |"]
     for key in sorted(keys, key=_row_order):

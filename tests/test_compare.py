@@ -58,6 +58,7 @@ def test_table_means_and_sds_by_hand(runs, capsys):
     text = C.compare(list(runs))
     assert text == capsys.readouterr().out.strip()
     lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()}
+    assert len(lines) == len(text.splitlines())  # every row once (two hicra runs share their keys)
     sd = lambda *v: math.sqrt(sum((x - sum(v) / len(v)) ** 2 for x in v) / (len(v) - 1))
     assert lines[""] == "| | hicra | dapo |"
     assert lines["runs"] == "| runs | 2 | 1 |"
