@@ -78,9 +78,10 @@ TRACKERS = ("tensorboard", "wandb")  # --log-to: optional copies of metrics.json
 
 def tracker_error(names: list[str]) -> str | None:
     """Why --log-to cannot be honoured here (unknown name, package missing), or None: checked before the model loads."""
+    unknown = [name for name in names if name not in TRACKERS]
+    if unknown:
+        return f"--log-to: unknown tracker {unknown[0]!r} (choose from {', '.join(TRACKERS)})"
     for name in names:
-        if name not in TRACKERS:
-            return f"--log-to: unknown tracker {name!r} (choose from {', '.join(TRACKERS)})"
         module = "torch.utils.tensorboard" if name == "tensorboard" else "wandb"
         try:
             __import__(module)

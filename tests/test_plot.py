@@ -193,6 +193,7 @@ def test_tracker_errors_name_the_flag_and_the_fix(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import raises ImportError
     assert plot.tracker_error([]) is None
     assert "unknown tracker 'mlflow'" in plot.tracker_error(["mlflow"])
+    assert "unknown tracker 'mlflow'" in plot.tracker_error(["wandb", "mlflow"])  # names first, whatever is installed
     assert plot.tracker_error(["wandb"]).startswith("--log-to wandb needs the wandb package")
     assert plot.tracker_error(["wandb"]).endswith("pip install wandb")
 
