@@ -32,7 +32,6 @@ import torch
 import checkpoint as ckpt
 import model as M
 from cli import flag
-import eval as evaluation
 from curriculum import SCHEDULES, ContextRule, Curriculum, make_curriculum, overlong_buffer_for
 import rollout as R
 from attention import BACKENDS
@@ -41,6 +40,7 @@ from loss import ADV_SCALES, AGG_MODES, AMPLIFY_MODES, VARIANT_FIELDS, LossConfi
 from plot import repair_jsonl, tracker_error
 from problems import TEMPLATES, Problem, PromptConfig, build_prompt, load_problems
 from strategic_grams import PlanningMasker, load_grams
+import validation
 
 # Fields a resumed run may change: where and how long it runs, how often it saves and logs, and compute layout
 # (micro-batching, sampler slots, prompt sharing, activation checkpointing, precision and kernels change the update
@@ -291,7 +291,7 @@ def setup_data(cfg, rank, world, is_master):
                                     os.path.join(folder, "config.json"), verbose=is_master)
     held_out = []
     if cfg.eval_every:  # disjoint from what is trained on, by id and by text
-        problems, held_out = evaluation.validation_set(problems, cfg.eval_limit, cfg.seed, cfg.eval_data)
+        problems, held_out = validation.validation_set(problems, cfg.eval_limit, cfg.seed, cfg.eval_data)
     rule = None
     if cfg.context_factor is not None:  # HICRA's context rule, capped where the model's context ends
         cap = min(cfg.context_cap or 32768, context - longest if context else math.inf)

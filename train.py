@@ -49,6 +49,7 @@ import eval as evaluation
 import preflight
 from cli import add_dataclass_args, dataclass_from_args
 import experience
+from validation import validate
 from plot import MetricsLog, plot_run, update_metrics, write_rollouts
 from loss import VARIANT_FIELDS, LossConfig, group_advantages
 from reward import RewardConfig
@@ -266,7 +267,7 @@ def validation(run, cfg, rank, world) -> dict:
         by_source.setdefault(p.source, []).append(p)
     val_cfg = evaluation.EvalConfig(k="paper", temperature=EVAL_PROTOCOL["temperature"], top_p=EVAL_PROTOCOL["top_p"],
                                     max_new_tokens=cfg.max_new_tokens, template=cfg.template, progress=False)
-    return evaluation.validate(run.infer, run.tokenizer, by_source, val_cfg, rank, world, sampler=run.sampler)["average"]
+    return validate(run.infer, run.tokenizer, by_source, val_cfg, rank, world, sampler=run.sampler)["average"]
 
 
 def print_step(row: dict, bar, traps: dict):

@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import eval as E
+import validation as V
 
 STUB_LENGTH = 7
 
@@ -146,24 +147,24 @@ def test_validation_overlapping_the_training_data_is_an_error_that_names_it(tmp_
                   Problem("d", "New.", "1", None, "v")]
     with pytest.raises(ValueError, match=r"2 of 3 validation problems .*same id: \['b'\]; same problem text: "
                                          r"\[\"c \('  what is 2 \+  2\?'\)\"\]"):
-        E.check_disjoint(validation, training)
-    E.check_disjoint(validation[2:], training)  # no overlap: no error
+        V.check_disjoint(validation, training)
+    V.check_disjoint(validation[2:], training)  # no overlap: no error
     path = tmp_path / "val.jsonl"
     path.write_text('{"id": "v1", "problem": "Find X.", "answer": "1"}\n')
     with pytest.raises(ValueError, match=r"--eval-data .*val\.jsonl: 1 of 1 .*same problem text"):
-        E.validation_set(training, 4, 0, str(path))
+        V.validation_set(training, 4, 0, str(path))
 
 
 def test_held_out_validation_leaves_the_training_data_with_none_of_its_texts():
     from problems import load_problems
     arith = load_problems("arith", verbose=False)  # 1000 rows, many repeated texts ("What is 3 + 5?")
-    kept, held_out = E.validation_set(arith, 32, seed=3)
+    kept, held_out = V.validation_set(arith, 32, seed=3)
     assert len(held_out) == 32 and len({p.id for p in held_out}) == 32
     held_texts = {" ".join(p.problem.lower().split()) for p in held_out}
     assert not held_texts & {" ".join(p.problem.lower().split()) for p in kept}
     assert [p for p in arith if p in kept] == kept and len(kept) == sum(
         " ".join(p.problem.lower().split()) not in held_texts for p in arith)
-    assert E.validation_set(arith, 32, seed=3) == (kept, held_out)  # seeded
+    assert V.validation_set(arith, 32, seed=3) == (kept, held_out)  # seeded
 
 
 # ----------------------------------------------------------------------------- evaluate with stub samplers
@@ -378,16 +379,16 @@ def test_validate_reuses_the_callers_sampler(tiny_chat_model, monkeypatch):
     model, tokenizer = E.load_model(tiny_chat_model)
     cfg = config(k="2", max_new_tokens=4)
     held_out = E.load_benchmarks("gsm8k", 3)["gsm8k"]
-    own = E.validate(model, tokenizer, held_out, cfg)
+    own = V.validate(model, tokenizer, held_out, cfg)
     sampler = R.Sampler(model, R.EngineConfig(max_num_seqs=3))
     calls, generate = [], sampler.generate
     sampler.generate = lambda *a, **k: calls.append(a) or generate(*a, **k)
     made = count_samplers(monkeypatch)
-    assert E.validate(model, tokenizer, held_out, cfg, sampler=sampler) == own
+    assert V.validate(model, tokenizer, held_out, cfg, sampler=sampler) == own
     assert len(calls) == 2 and not made  # two chunks, both through the caller's sampler; no sampler made
     other, _ = E.load_model(tiny_chat_model, tokenizer=False)
     with pytest.raises(ValueError, match="samples another model"):
-        E.validate(other, tokenizer, held_out, cfg, sampler=sampler)
+        V.validate(other, tokenizer, held_out, cfg, sampler=sampler)
 
 
 def test_resume_reads_fields_missing_from_an_older_config_as_their_defaults(tmp_path):
